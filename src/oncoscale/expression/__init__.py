@@ -1,1 +1,44 @@
-"""oncoscale.expression."""
+"""GDC/TCGA expression data: readers, TCGA barcodes, tumour/normal pairing, preprocessing.
+
+Typical use::
+
+    from oncoscale import expression as ex
+    adata = ex.read_gdc("gdc_sample_sheet.2026-01-01.tsv")       # files x genes, float32
+    pairs = ex.pair_tumour_normal(adata)                          # participant -> 01 / 11
+    train, pair_cohort = ex.preprocess(adata[train_rows], adata[pair_rows])
+"""
+
+from oncoscale.expression.barcodes import (
+    SAMPLE_TYPES,
+    TCGABarcode,
+    pair_tumour_normal,
+    parse_barcode,
+    sample_category,
+)
+from oncoscale.expression.gdc import find_sample_sheet, read_gdc
+from oncoscale.expression.readers import (
+    STAR_COLUMNS,
+    STAR_VALUE_COLUMNS,
+    read_htseq,
+    read_star_counts,
+    sniff_format,
+    strip_version,
+)
+from oncoscale.expression.sample_sheet import read_sample_sheet
+
+__all__ = [
+    "SAMPLE_TYPES",
+    "STAR_COLUMNS",
+    "STAR_VALUE_COLUMNS",
+    "TCGABarcode",
+    "find_sample_sheet",
+    "pair_tumour_normal",
+    "parse_barcode",
+    "read_gdc",
+    "read_htseq",
+    "read_sample_sheet",
+    "read_star_counts",
+    "sample_category",
+    "sniff_format",
+    "strip_version",
+]
