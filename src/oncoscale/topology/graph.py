@@ -1,0 +1,392 @@
+"""Streaming neighbourhood graphs: FAISS kNN candidates pruned to an empty-region graph.
+
+The graph follows the Neighborhood Graph Library (Correa & Lindstrom) as used by Liu et al.:
+
+1. **Candidates.** The ``k`` nearest neighbours of every sample, from FAISS: exact
+   (``IndexFlatL2``) up to ``exact_threshold`` samples, HNSW (``IndexHNSWFlat``) above it. For
+   HNSW the recall against exact search is measured on a random sample of queries and reported
+   (`KnnResult.recall`).
+2. **Empty-region pruning.** A candidate edge (p, q) is kept when the β-skeleton region of
+   (p, q) holds no other point of the tested set. For β >= 1 the region is the *lune*, the
+   intersection of the two balls of radius β|pq|/2 centred at (1-β/2)p + (β/2)q and
+   (β/2)p + (1-β/2)q; for β < 1 it is the set of points r with angle prq > π - arcsin β.
+   β = 1 is the Gabriel graph (the ball with diameter pq).
+
+   * ``relaxed=True`` (default, NGL's relaxed graphs): the edge p -> q is tested only
+     against the other kNN candidates of p.
+   * ``relaxed=False``: tested against the candidates of p *and* of q.
+
+   Every point inside the lune of (p, q) is nearer to p than q is, for any β <= 2; so when q
+   is a candidate of p, both variants give the exact β-skeleton edge test (up to ties in
+   distance at the k-th neighbour); with ``k = n - 1`` the graph *is* the β-skeleton
+   (tested against a brute-force definition in ``tests/test_topology_graph.py``).
+3. **Symmetric, no duplicates.** An undirected edge {p, q} is emitted by exactly one query:
+   by p when p < q or when p is not a candidate of q. For a pair that lists each other, the
+   lower index's test decides (the two tests agree except for distance ties).
+
+Queries are processed in chunks (memory per chunk ~ chunk * k * k * d * 8 bytes), chunks may
+run on several local processes (``n_jobs``) or be split over the ranks of a world
+(``rank``/``size``), and edges stream chunk by chunk to Parquet (columns ``src``, ``dst``,
+``length``) with `pyarrow.parquet.ParquetWriter`.
+
+Duplicate points are kept: they are joined by zero-length edges (see `oncoscale.topology.morse`
+for how the gradient treats them).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from oncoscale.errors import ConfigurationError, InputError
+from oncoscale.topology._validate import check_points, effective_k
+
+__all__ = ["Graph", "KnnResult", "knn", "neighborhood_graph", "prune_chunk", "read_edges"]
+
+_TOL = 1e-10  # relative tolerance of the strict "inside the region" tests
+
+
+@dataclass
+class KnnResult:
+    """kNN candidates: ``indices`` (n, k) int64 and ``distances`` (n, k) float32 (Euclidean).
+
+    ``method`` is ``"exact"`` or ``"hnsw"``; ``recall`` is the mean recall@k of HNSW against
+    exact search on ``recall_sample`` random queries (1.0 for exact search).
+    """
+
+    indices: np.ndarray
+    distances: np.ndarray
+    method: str
+    recall: float
+    recall_sample: int
+    seconds: float
+
+
+@dataclass
+class Graph:
+    """An undirected neighbourhood graph on n samples.
+
+    ``edges`` is (m, 2) int64 with ``edges[:, 0] < edges[:, 1]``, each pair once;
+    ``lengths`` (m,) float64 are Euclidean edge lengths in the units of X.
+    """
+
+    n: int
+    edges: np.ndarray
+    lengths: np.ndarray
+    k: int
+    beta: float
+    relaxed: bool
+    knn_method: str
+    knn_recall: float
+    path: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edges.shape[0])
+
+    def degree(self) -> np.ndarray:
+        """Number of edges at each sample, shape (n,)."""
+        return np.bincount(self.edges.ravel(), minlength=self.n)
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def knn(
+    X: np.ndarray,
+    k: int,
+    *,
+    method: str = "auto",
+    exact_threshold: int = 100_000,
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    ef_search: int | None = None,
+    chunk_size: int = 65_536,
+    recall_sample: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+) -> KnnResult:
+    """The ``k`` nearest other samples of every sample of X (n, d), with FAISS.
+
+    ``method``: ``"exact"``, ``"hnsw"`` or ``"auto"`` (exact when n <= ``exact_threshold``).
+    Queries run in chunks of ``chunk_size``; the sample itself is removed from its own list
+    (also when a duplicate point is returned first).
+    """
+    faiss = _faiss()
+    t0 = time.perf_counter()
+    X = check_points(X)
+    n, d = X.shape
+    k = effective_k(k, n)
+    if method == "auto":
+        method = "exact" if n <= exact_threshold else "hnsw"
+    if method not in ("exact", "hnsw"):
+        raise ConfigurationError(f"knn method must be 'auto', 'exact' or 'hnsw', found {method!r}")
+    xf = np.ascontiguousarray(X, dtype=np.float32)
+    if method == "exact":
+        index = faiss.IndexFlatL2(d)
+    else:
+        index = faiss.IndexHNSWFlat(d, int(hnsw_m))
+        index.hnsw.efConstruction = int(ef_construction)
+        index.hnsw.efSearch = int(ef_search or max(64, 3 * k))
+    index.add(xf)
+    kk = min(k + 1, n)
+    ids = np.empty((n, k), dtype=np.int64)
+    dst2 = np.empty((n, k), dtype=np.float32)
+    for lo in _progress(range(0, n, chunk_size), progress, "kNN", -(-n // chunk_size)):
+        hi = min(lo + chunk_size, n)
+        d2, idx = index.search(xf[lo:hi], kk)
+        ids[lo:hi], dst2[lo:hi] = _drop_self(idx, d2, np.arange(lo, hi), k)
+    np.sqrt(np.maximum(dst2, 0, out=dst2), out=dst2)
+    recall, sample = 1.0, 0
+    if method == "hnsw":
+        recall, sample = _measure_recall(xf, ids, k, recall_sample, seed)
+    return KnnResult(ids, dst2, method, recall, sample, time.perf_counter() - t0)
+
+
+def _drop_self(idx: np.ndarray, d2: np.ndarray, rows: np.ndarray, k: int):
+    """Remove each query from its own result list (or the last entry if it is absent)."""
+    drop = idx == rows[:, None]
+    missing = ~drop.any(axis=1)
+    drop[missing, -1] = True
+    # a failed HNSW search returns -1: push those to the end and replace by the nearest
+    order = np.argsort(drop, axis=1, kind="stable")[:, :k]
+    ids = np.take_along_axis(idx, order, axis=1)
+    dst2 = np.take_along_axis(d2, order, axis=1)
+    bad = ids < 0
+    if bad.any():
+        ids = np.where(bad, ids[:, :1], ids)
+        dst2 = np.where(bad, dst2[:, :1], dst2)
+    return ids, dst2
+
+
+def _measure_recall(xf: np.ndarray, ids: np.ndarray, k: int, sample: int, seed: int):
+    faiss = _faiss()
+    n, d = xf.shape
+    rng = np.random.default_rng(seed)
+    q = rng.choice(n, size=min(sample, n), replace=False)
+    flat = faiss.IndexFlatL2(d)
+    flat.add(xf)
+    d2, idx = flat.search(xf[q], min(k + 1, n))
+    exact, _ = _drop_self(idx, d2, q, k)
+    hits = sum(len(np.intersect1d(exact[i], ids[j])) for i, j in enumerate(q))
+    return hits / (len(q) * k), len(q)
+
+
+def _progress(it, enabled: bool, desc: str, total: int | None = None):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, total=total, unit="chunk", leave=False)
+
+
+def _inside(Gll, Glj, Gjj, beta: float) -> np.ndarray:
+    """Whether r is strictly inside the β-region of (p, q), from dot products.
+
+    With a = r - p and b = q - p: ``Gll`` = |a|², ``Glj`` = a·b, ``Gjj`` = |b|² (broadcast).
+    """
+    tol = _TOL * Gjj
+    if beta >= 1.0:
+        c1 = Gll - beta * Glj
+        c2 = Gll - 2.0 * Glj + Gjj - beta * (Gjj - Glj)
+        return (c1 < -tol) & (c2 < -tol)
+    rq2 = np.maximum(Gll - 2.0 * Glj + Gjj, 0.0)
+    dot = Gll - Glj  # (p - r)·(q - r)
+    return dot < -np.sqrt(1.0 - beta * beta) * np.sqrt(Gll * rq2) - tol
+
+
+def prune_chunk(
+    X: np.ndarray, nbr: np.ndarray, rows: np.ndarray, beta: float, relaxed: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Empty-region test for the candidates of the queries ``rows`` (vectorised numpy).
+
+    X (n, d) float64, nbr (n, k) int64 candidates. Returns ``(src, dst, length)`` of the
+    undirected edges this chunk owns (see the module docstring), ``src < dst`` not implied.
+    """
+    P = X[rows]  # (c, d)
+    cand = nbr[rows]  # (c, k)
+    Dv = X[cand] - P[:, None, :]  # (c, k, d)
+    G = np.matmul(Dv, Dv.transpose(0, 2, 1))  # (c, k, k)
+    g = np.diagonal(G, axis1=1, axis2=2)  # (c, k)
+    # inside[c, j, l]: candidate l inside the region of edge (p, candidate j)
+    inside = _inside(g[:, None, :], G, g[:, :, None], beta)
+    k = cand.shape[1]
+    inside[:, np.arange(k), np.arange(k)] = False
+    inside &= cand[:, None, :] != cand[:, :, None]
+    blocked = inside.any(axis=2)  # (c, k)
+    nn = nbr[cand]  # (c, k, k): candidates of each candidate
+    if not relaxed:
+        R = X[nn] - P[:, None, None, :]  # (c, k, k, d)
+        Glj = np.einsum("cjmd,cjd->cjm", R, Dv)
+        Gll = np.einsum("cjmd,cjmd->cjm", R, R)
+        ins2 = _inside(Gll, Glj, g[:, :, None], beta)
+        ins2 &= nn != rows[:, None, None]
+        ins2 &= nn != cand[:, :, None]
+        blocked |= ins2.any(axis=2)
+    mutual = (nn == rows[:, None, None]).any(axis=2)
+    own = (rows[:, None] < cand) | ~mutual
+    # duplicate candidates in one list (a failed HNSW search) are emitted once
+    first = np.ones_like(own)
+    if k > 1:
+        srt = np.sort(cand, axis=1)
+        if (srt[:, 1:] == srt[:, :-1]).any():
+            for c in np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1)):
+                _, keep = np.unique(cand[c], return_index=True)
+                first[c] = False
+                first[c, keep] = True
+    keep = ~blocked & own & first & (cand != rows[:, None])
+    ci, cj = np.nonzero(keep)
+    src = rows[ci]
+    dst = cand[ci, cj]
+    length = np.sqrt(g[ci, cj])
+    return src, dst, length
+
+
+# --- multiprocessing: workers inherit X and nbr through fork --------------------------------
+_SHARED: dict[str, object] = {}
+
+
+def _work(args):
+    lo, hi = args
+    X = _SHARED["X"]
+    nbr = _SHARED["nbr"]
+    return lo, prune_chunk(X, nbr, np.arange(lo, hi), _SHARED["beta"], _SHARED["relaxed"])
+
+
+def _chunks(n: int, chunk: int, rank: int, size: int) -> list[tuple[int, int]]:
+    spans = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    return spans[rank::size]
+
+
+def _iter_pruned(X, nbr, spans, beta, relaxed, n_jobs) -> Iterator:
+    if n_jobs <= 1 or len(spans) <= 1:
+        for lo, hi in spans:
+            yield lo, prune_chunk(X, nbr, np.arange(lo, hi), beta, relaxed)
+        return
+    ctx = mp.get_context("fork")
+    _SHARED.update(X=X, nbr=nbr, beta=beta, relaxed=relaxed)
+    try:
+        with ctx.Pool(n_jobs) as pool:
+            yield from pool.imap(_work, spans)
+    finally:
+        _SHARED.clear()
+
+
+def neighborhood_graph(
+    X: np.ndarray,
+    k: int = 15,
+    *,
+    beta: float = 1.0,
+    relaxed: bool = True,
+    out: str | os.PathLike[str] | None = None,
+    chunk_size: int | None = None,
+    n_jobs: int = 1,
+    knn_method: str = "auto",
+    exact_threshold: int = 100_000,
+    recall_sample: int = 1000,
+    rank: int = 0,
+    size: int = 1,
+    world: object | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> Graph:
+    """Build the pruned neighbourhood graph of X (n, d).
+
+    ``out``: a Parquet file the edges stream to (``src``, ``dst`` int64, ``length`` float64),
+    written atomically. ``n_jobs``: local processes for the pruning (-1: all cores).
+    ``world`` (any object with ``.rank`` and ``.size``, e.g. an ``oncoscale.comm`` world) or
+    ``rank``/``size``: this process prunes only chunks ``rank::size`` and returns (and writes)
+    only those edges; `read_edges` joins the parts. ``chunk_size`` defaults to a size that keeps
+    one chunk's temporaries near 64 MB.
+    """
+    if not (np.isfinite(beta) and beta > 0):
+        raise ConfigurationError(f"beta must be a positive finite number, found {beta!r}")
+    if world is not None:
+        rank, size = int(world.rank), int(world.size)
+    if not (0 <= rank < size):
+        raise ConfigurationError(f"rank must be in [0, size), found rank={rank}, size={size}")
+    X = check_points(X)
+    n, d = X.shape
+    k = effective_k(k, n)
+    t0 = time.perf_counter()
+    res = knn(X, k, method=knn_method, exact_threshold=exact_threshold,
+              recall_sample=recall_sample, seed=seed, progress=progress)
+    t1 = time.perf_counter()
+    nbr = res.indices
+    if chunk_size is None:
+        per = k * k * max(d, 4) * 8 * (4 if not relaxed else 2)
+        chunk_size = int(np.clip((64 << 20) // per, 64, 65_536))
+    if n_jobs == -1:
+        n_jobs = os.cpu_count() or 1
+    spans = _chunks(n, int(chunk_size), rank, size)
+    srcs, dsts, lens = [], [], []
+    writer = None
+    tmp_ctx = None
+    try:
+        if out is not None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            from oncoscale._io import atomic_path
+
+            tmp_ctx = atomic_path(out)
+            tmp = tmp_ctx.__enter__()
+            schema = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("length", pa.float64())])
+            writer = pq.ParquetWriter(str(tmp), schema, compression="zstd")
+        it = _iter_pruned(X, nbr, spans, float(beta), bool(relaxed), int(n_jobs))
+        for _lo, (s, t, ln) in _progress(it, progress, "prune", len(spans)):
+            a, b = np.minimum(s, t), np.maximum(s, t)
+            srcs.append(a)
+            dsts.append(b)
+            lens.append(ln)
+            if writer is not None:
+                writer.write_table(pa.table({"src": a, "dst": b, "length": ln}, schema=schema))
+        if writer is not None:
+            writer.close()
+            writer = None
+            tmp_ctx.__exit__(None, None, None)
+            tmp_ctx = None
+    except BaseException as exc:
+        if writer is not None:
+            writer.close()
+        if tmp_ctx is not None:
+            tmp_ctx.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    edges = np.stack([np.concatenate(srcs) if srcs else np.empty(0, np.int64),
+                      np.concatenate(dsts) if dsts else np.empty(0, np.int64)], axis=1)
+    lengths = np.concatenate(lens) if lens else np.empty(0)
+    t2 = time.perf_counter()
+    return Graph(n=n, edges=edges, lengths=lengths, k=k, beta=float(beta), relaxed=bool(relaxed),
+                 knn_method=res.method, knn_recall=float(res.recall),
+                 path=None if out is None else Path(out),
+                 timings={"knn_s": t1 - t0, "prune_s": t2 - t1})
+
+
+def read_edges(paths: str | os.PathLike[str] | list) -> tuple[np.ndarray, np.ndarray]:
+    """Read (and join) edge Parquet files: returns ``edges`` (m, 2) int64 and ``lengths``."""
+    import pyarrow.parquet as pq
+
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    parts = []
+    for p in paths:
+        try:
+            t = pq.read_table(p, columns=["src", "dst", "length"])
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+            raise InputError(f"not an edge Parquet file with src, dst, length: {exc}",
+                             path=p) from exc
+        parts.append(t)
+    src = np.concatenate([t["src"].to_numpy() for t in parts])
+    dst = np.concatenate([t["dst"].to_numpy() for t in parts])
+    ln = np.concatenate([t["length"].to_numpy() for t in parts])
+    return np.stack([src, dst], axis=1), ln
