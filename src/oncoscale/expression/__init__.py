@@ -16,6 +16,13 @@ from oncoscale.expression.barcodes import (
     sample_category,
 )
 from oncoscale.expression.gdc import find_sample_sheet, read_gdc
+from oncoscale.expression.preprocess import (
+    MinMaxScaler,
+    filter_genes,
+    gene_variance,
+    log2_1p,
+    preprocess,
+)
 from oncoscale.expression.readers import (
     STAR_COLUMNS,
     STAR_VALUE_COLUMNS,
@@ -27,13 +34,18 @@ from oncoscale.expression.readers import (
 from oncoscale.expression.sample_sheet import read_sample_sheet
 
 __all__ = [
+    "MinMaxScaler",
     "SAMPLE_TYPES",
     "STAR_COLUMNS",
     "STAR_VALUE_COLUMNS",
     "TCGABarcode",
+    "filter_genes",
     "find_sample_sheet",
+    "gene_variance",
+    "log2_1p",
     "pair_tumour_normal",
     "parse_barcode",
+    "preprocess",
     "read_gdc",
     "read_htseq",
     "read_sample_sheet",
