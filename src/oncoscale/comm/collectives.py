@@ -1,0 +1,467 @@
+"""Sparse collectives (SparCML): sparse allreduce with three published algorithms, allgather.
+
+Algorithms of :func:`sparse_allreduce` (p ranks, vector of n entries, k non-zeros per rank):
+
+``recursive_doubling``
+    static sparse recursive doubling: log2(p) rounds of pairwise exchange of the running
+    sum, which fills in round by round and switches to dense by the stream rule. World
+    sizes that are not powers of two fold the extra ranks into the first ones first and
+    get the result back at the end.
+``split_allgather``
+    static sparse split-allgather: the index range is split in p contiguous pieces; every
+    rank sends each owner its piece (sparse), the owner sums them, then the reduced pieces
+    are allgathered (sparse or dense each, by the stream rule).
+``dsar``
+    dynamic sparse split + dense allgather: as above, but the reduced pieces are gathered
+    as dense blocks (best when the sum has filled in).
+``dense``
+    the engine's dense allreduce of the densified vector.
+``allgather``
+    the naive approach: allgather every (index, value) stream and sum locally.
+``auto``
+    the fastest by the calibrated alpha-beta model (:mod:`oncoscale.comm.costmodel`);
+    every rank makes the same choice from the agreed header.
+
+Every call first allgathers a small header (size, dtype, nnz, validity flags, algorithm,
+codec, op), so bad input on any rank raises the same clear error on every rank.
+All operations run on the world's communication thread, on a duplicate of the group's
+channel, in call order; ``async_op=True`` returns a :class:`~oncoscale.comm.Work` handle.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from oncoscale.comm._backend import DoneWork, Work, check_op
+from oncoscale.comm.costmodel import ALGORITHMS, AUTO_CANDIDATES, calibrated
+from oncoscale.comm.quant import CastCodec, ValueCodec, codec_id, get_codec
+from oncoscale.comm.sparse import (
+    SparseVector,
+    index_bytes_for,
+    index_dtype_for,
+    merge,
+    prefers_dense,
+)
+from oncoscale.comm.world import Group, resolve_group
+from oncoscale.errors import ConfigurationError, InputError
+
+_DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
+_ALGO_CODE = {name: i for i, name in enumerate(("auto", *ALGORITHMS))}
+_OP_CODE = {"sum": 1, "avg": 2}
+_HEADER = 16  # bytes: (kind, count) as int64 in front of every message
+
+# -- local helpers ---------------------------------------------------------------------------
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float32 for half types, else the dtype itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _view(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    try:
+        return buf.view(dtype)
+    except RuntimeError:  # misaligned slice
+        return buf.clone().view(dtype)
+
+
+def _seed(base: int, *parts: int) -> int:
+    h = base
+    for q in parts:
+        h = (h * 1_000_003 + q + 1) % (2**61 - 1)
+    return h
+
+
+def _encode(vec: SparseVector, codec: ValueCodec, seed: int
+            ) -> tuple[torch.Tensor, SparseVector]:
+    """One message (header + body) and the vector as the receiver will decode it."""
+    m, dev = vec.size, vec.device
+    vb = codec.value_bytes(vec.dtype)
+    if vec.is_dense or prefers_dense(vec.nnz, m, vb):
+        vals = vec.to_dense()
+        body = codec.encode(vals, seed)
+        head = torch.tensor([1, m], dtype=torch.int64, device=dev)
+        parts = [head.view(torch.uint8), body]
+        idx = None
+    else:
+        vals = vec.values
+        idx = vec.indices
+        body = codec.encode(vals, seed)
+        head = torch.tensor([0, vec.nnz], dtype=torch.int64, device=dev)
+        parts = [head.view(torch.uint8), idx.to(index_dtype_for(m)).view(torch.uint8), body]
+    msg = torch.cat(parts)
+    if codec.lossy:
+        vals = codec.decode(body, vals.numel(), vec.dtype)
+    return msg, SparseVector(idx, vals, m, check=False)
+
+
+def _decode(msg: torch.Tensor, m: int, codec: ValueCodec, dtype: torch.dtype) -> SparseVector:
+    """Inverse of :func:`_encode` for a vector of ``m`` entries."""
+    kind, count = (int(x) for x in _view(msg[:_HEADER], torch.int64).tolist())
+    body = msg[_HEADER:]
+    if kind == 1:
+        return SparseVector(None, codec.decode(body, m, dtype), m, check=False)
+    idt = index_dtype_for(m)
+    ib = index_bytes_for(m)
+    idx = _view(body[: count * ib], idt).to(torch.int64)
+    vals = codec.decode(body[count * ib:], count, dtype)
+    return SparseVector(idx, vals, m, check=False)
+
+
+def _backend(g: Group) -> Any:
+    return g.world._backend
+
+
+def _send(g: Group, peer: int, msg: torch.Tensor) -> None:
+    b = _backend(g)
+    n = torch.tensor([msg.numel()], dtype=torch.int64, device=msg.device)
+    works = [b.isend(n, peer, g, tag=0, channel=True)]
+    if msg.numel():
+        works.append(b.isend(msg, peer, g, tag=1, channel=True))
+    for w in works:
+        w.wait()
+
+
+def _recv(g: Group, peer: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    b = _backend(g)
+    n = torch.zeros(1, dtype=torch.int64, device=device)
+    b.irecv(n, peer, g, tag=0, channel=True).wait()
+    buf = torch.empty(int(n.item()), dtype=torch.uint8, device=device)
+    if buf.numel():
+        b.irecv(buf, peer, g, tag=1, channel=True).wait()
+    return buf
+
+
+def _exchange(g: Group, peer: int, msg: torch.Tensor) -> torch.Tensor:
+    """Send ``msg`` to ``peer`` and receive its message (any size) at the same time."""
+    b = _backend(g)
+    n_out = torch.tensor([msg.numel()], dtype=torch.int64, device=msg.device)
+    n_in = torch.zeros(1, dtype=torch.int64, device=msg.device)
+    ws = [b.isend(n_out, peer, g, tag=0, channel=True),
+          b.irecv(n_in, peer, g, tag=0, channel=True)]
+    for w in ws:
+        w.wait()
+    buf = torch.empty(int(n_in.item()), dtype=torch.uint8, device=msg.device)
+    ws = []
+    if msg.numel():
+        ws.append(b.isend(msg, peer, g, tag=1, channel=True))
+    if buf.numel():
+        ws.append(b.irecv(buf, peer, g, tag=1, channel=True))
+    for w in ws:
+        w.wait()
+    return buf
+
+
+def _bounds(n: int, p: int) -> list[int]:
+    return [j * n // p for j in range(p + 1)]
+
+
+def _concat(pieces: list[SparseVector], bounds: list[int], n: int) -> SparseVector:
+    """Join vectors covering consecutive index ranges into one vector of ``n`` entries."""
+    dtype = pieces[0].dtype
+    dev = pieces[0].device
+    vb = torch.empty((), dtype=dtype).element_size()
+    total = sum(q.nnz for q in pieces)
+    if prefers_dense(total, n, vb):
+        out = torch.empty(n, dtype=dtype, device=dev)
+        for q, lo, hi in zip(pieces, bounds[:-1], bounds[1:], strict=True):
+            out[lo:hi] = q.to_dense()
+        return SparseVector(None, out, n, check=False)
+    idx = [(q.indices if not q.is_dense else torch.arange(q.size, device=dev)) + lo
+           for q, lo in zip(pieces, bounds[:-1], strict=False)]
+    vals = [q.values for q in pieces]
+    if not idx:
+        return SparseVector(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=dtype), n,
+                            check=False)
+    return SparseVector(torch.cat(idx), torch.cat(vals), n, check=False)
+
+
+# -- algorithms --------------------------------------------------------------------------------
+
+
+def _recursive_doubling(g: Group, cur: SparseVector, codec: ValueCodec, seed: int
+                        ) -> SparseVector:
+    p, r, m, dt = g.size, g.rank, cur.size, cur.dtype
+    p2 = 1 << (p.bit_length() - 1)
+    extra = p - p2
+    if r >= p2:  # fold: hand my vector to r - p2, get the result back at the end
+        msg, _ = _encode(cur, codec, _seed(seed, 0, r))
+        _send(g, r - p2, msg)
+        return _decode(_recv(g, r - p2, cur.device), m, codec, dt)
+    if r < extra:
+        other = _decode(_recv(g, r + p2, cur.device), m, codec, dt)
+        cur = merge([cur, other])
+    mask, rnd = 1, 1
+    while mask < p2:
+        partner = r ^ mask
+        # ranks r // mask hold identical sums: equal seeds keep stochastic codecs consistent
+        msg, mine = _encode(cur, codec, _seed(seed, rnd, r // mask))
+        other = _decode(_exchange(g, partner, msg), m, codec, dt)
+        cur = merge([mine, other] if r < partner else [other, mine])
+        mask <<= 1
+        rnd += 1
+    if extra:
+        msg, decoded = _encode(cur, codec, _seed(seed, rnd, 0))
+        if codec.lossy:
+            cur = decoded  # every rank ends with exactly what the folded ranks receive
+        if r < extra:
+            _send(g, r + p2, msg)
+    return cur.compact()
+
+
+def _reduce_scatter(g: Group, cur: SparseVector, codec: ValueCodec, seed: int
+                    ) -> tuple[SparseVector, list[int]]:
+    """Owner-reduce: rank j ends with the sum of everyone's entries in its index range."""
+    p, r, n, dt = g.size, g.rank, cur.size, cur.dtype
+    b = _backend(g)
+    bounds = _bounds(n, p)
+    msgs: dict[int, torch.Tensor] = {}
+    lens = torch.zeros(p, dtype=torch.int64)
+    for j in range(p):
+        if j != r:
+            msgs[j], _ = _encode(cur.slice(bounds[j], bounds[j + 1]), codec, _seed(seed, 0, r, j))
+            lens[j] = msgs[j].numel()
+    table = b.allgather(lens, g, channel=True)
+    bufs: dict[int, torch.Tensor] = {}
+    works = []
+    for j in range(p):
+        if j != r:
+            bufs[j] = torch.empty(int(table[j][r]), dtype=torch.uint8, device=cur.device)
+            works.append(b.irecv(bufs[j], j, g, tag=2, channel=True))
+    for j in range(p):
+        if j != r:
+            works.append(b.isend(msgs[j], j, g, tag=2, channel=True))
+    for w in works:
+        w.wait()
+    m = bounds[r + 1] - bounds[r]
+    pieces = [cur.slice(bounds[r], bounds[r + 1]) if j == r else _decode(bufs[j], m, codec, dt)
+              for j in range(p)]
+    return merge(pieces), bounds
+
+
+def _split_allgather(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
+                     dense_gather: bool = False) -> SparseVector:
+    p, r, dt = g.size, g.rank, cur.dtype
+    mine, bounds = _reduce_scatter(g, cur, codec, seed)
+    if dense_gather:
+        mine = mine.densify()
+    msg, decoded = _encode(mine, codec, _seed(seed, 1, r))
+    parts = _backend(g).allgatherv(msg, g, channel=True)
+    pieces = [decoded if j == r else _decode(parts[j], bounds[j + 1] - bounds[j], codec, dt)
+              for j in range(p)]
+    return _concat(pieces, bounds, cur.size)
+
+
+def _dsar(g: Group, cur: SparseVector, codec: ValueCodec, seed: int) -> SparseVector:
+    return _split_allgather(g, cur, codec, seed, dense_gather=True)
+
+
+def _dense(g: Group, cur: SparseVector, codec: ValueCodec, seed: int) -> SparseVector:
+    if codec.lossy and not isinstance(codec, CastCodec):
+        raise ConfigurationError(
+            f"algorithm='dense' uses the engine's allreduce and cannot carry {codec!r}; "
+            "use a sparse algorithm or codec None/'fp16'/'bf16'")
+    t = cur.to_dense().clone()
+    if isinstance(codec, CastCodec):
+        t = t.to(codec.dtype)
+    _backend(g).allreduce(t, "sum", g, channel=True)
+    return SparseVector(None, t.to(cur.dtype), cur.size, check=False)
+
+
+def _allgather_sum(g: Group, cur: SparseVector, codec: ValueCodec, seed: int) -> SparseVector:
+    msg, decoded = _encode(cur, codec, _seed(seed, 0, g.rank))
+    parts = _backend(g).allgatherv(msg, g, channel=True)
+    pieces = [decoded if j == g.rank else _decode(parts[j], cur.size, codec, cur.dtype)
+              for j in range(g.size)]
+    return merge(pieces)
+
+
+_IMPL: dict[str, Callable[[Group, SparseVector, ValueCodec, int], SparseVector]] = {
+    "recursive_doubling": _recursive_doubling,
+    "split_allgather": _split_allgather,
+    "dsar": _dsar,
+    "dense": _dense,
+    "allgather": _allgather_sum,
+}
+
+# -- header agreement ---------------------------------------------------------------------------
+
+
+def _local_flags(vec: SparseVector) -> int:
+    flags = 0
+    v = vec.values
+    if not v.is_floating_point() or v.dtype not in _DTYPE_CODE:
+        return 8
+    idx = vec.indices
+    if idx is None:
+        if v.numel() != vec.size:
+            flags |= 8
+    else:
+        if idx.numel() != v.numel() or idx.dim() != 1:
+            return 8
+        if idx.numel():
+            if int(idx.min()) < 0 or int(idx.max()) >= vec.size:
+                flags |= 1
+            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+                flags |= 2
+    if v.numel() and not bool(torch.isfinite(v).all()):
+        flags |= 4
+    return flags
+
+
+_FLAG_TEXT = {1: "indices out of range [0, size)", 2: "indices not sorted and unique",
+              4: "NaN or infinite values", 8: "malformed payload (non-float values or "
+              "indices/values length mismatch)"}
+
+
+def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
+           codec: ValueCodec, same_size: bool = True) -> list[list[int]]:
+    """Allgather a header and raise the same error on every rank if anything is wrong."""
+    if not isinstance(vec, SparseVector):
+        raise InputError(f"{what} expects a SparseVector, found {type(vec).__name__}")
+    head = torch.tensor([vec.size, _DTYPE_CODE.get(vec.values.dtype, 0), vec.nnz,
+                         int(vec.is_dense), _local_flags(vec), codec_id(codec),
+                         _ALGO_CODE[algorithm], _OP_CODE.get(op, 0)], dtype=torch.int64)
+    rows = [row.tolist() for row in _backend(g).allgather(head, g, channel=True)]
+
+    def table(col: int) -> str:
+        return ", ".join(f"rank {g.ranks[i]}: {row[col]}" for i, row in enumerate(rows))
+
+    names = {c: str(d).replace("torch.", "") for d, c in _DTYPE_CODE.items()}
+    bad = [(g.ranks[i], row[4]) for i, row in enumerate(rows) if row[4]]
+    if bad:
+        text = "; ".join(f"rank {rk}: " + ", ".join(t for f, t in _FLAG_TEXT.items() if fl & f)
+                         for rk, fl in bad)
+        raise InputError(f"{what}: bad input vector on {len(bad)} rank(s) - {text}")
+    if same_size and len({row[0] for row in rows}) > 1:
+        raise InputError(f"{what}: vector sizes differ across ranks ({table(0)}); every rank "
+                         "must pass a vector of the same size")
+    if len({row[1] for row in rows}) > 1:
+        found = ", ".join(f"rank {g.ranks[i]}: {names.get(row[1], '?')}"
+                          for i, row in enumerate(rows))
+        raise InputError(f"{what}: value dtypes differ across ranks ({found}); cast every "
+                         "rank's values to the same dtype")
+    for col, name in ((6, "algorithm"), (5, "codec"), (7, "op")):
+        if len({row[col] for row in rows}) > 1:
+            raise ConfigurationError(f"{what}: ranks disagree on the {name} argument "
+                                     f"(codes {table(col)}); pass the same value on every rank")
+    return rows
+
+
+def _next_seed(g: Group) -> int:
+    key = ("calls", g.ranks)
+    calls = g.world.cache.get(key, 0) + 1
+    g.world.cache[key] = calls
+    return _seed(zlib.crc32(repr(g.ranks).encode()), calls)
+
+
+def _on_comm_thread() -> bool:
+    return threading.current_thread().name.startswith("oncoscale-comm")
+
+
+def _launch(g: Group, fn: Callable[[], Any], what: str, async_op: bool) -> Any:
+    if _on_comm_thread():
+        result = fn()
+        return DoneWork(result) if async_op else result
+    work = g.world.submit(fn, what)
+    return work if async_op else work.wait()
+
+
+# -- public API ----------------------------------------------------------------------------------
+
+
+def choose_algorithm(group: Group, nnz: list[int], size: int, dtype: torch.dtype = torch.float32,
+                     codec: str | ValueCodec | None = None) -> str:
+    """What ``algorithm="auto"`` picks for per-rank non-zeros ``nnz`` (calibrates if needed;
+    collective on first use for the group)."""
+    c = get_codec(codec)
+    model = calibrated(group)
+    acc = _acc_dtype(dtype)
+    cands = AUTO_CANDIDATES if not (c.lossy and not isinstance(c, CastCodec)) \
+        else tuple(a for a in AUTO_CANDIDATES if a != "dense")
+    dense_bytes = (torch.empty((), dtype=c.dtype).element_size() if isinstance(c, CastCodec)
+                   else torch.empty((), dtype=acc).element_size())
+    return model.choose(group.size, size, nnz, c.value_bytes(acc), index_bytes_for(size),
+                        cands, dense_bytes=dense_bytes)
+
+
+def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | None = None,
+                     async_op: bool = False, op: str = "sum",
+                     codec: str | ValueCodec | None = None) -> SparseVector | Work:
+    """Sum (``op="sum"``) or mean (``op="avg"``) of every rank's ``vec`` over ``group``.
+
+    ``vec``: a :class:`SparseVector` of the same ``size`` and dtype on every rank (sparse or
+    dense payload, any number of non-zeros). ``algorithm``: ``"auto"``,
+    ``"recursive_doubling"``, ``"split_allgather"``, ``"dsar"``, ``"dense"`` or
+    ``"allgather"``. ``codec``: values on the wire as ``None`` (own dtype), ``"fp16"``,
+    ``"bf16"`` or QSGD ``"qsgd8"``/``"qsgd4"``/``"qsgd2"`` (or a codec object); half
+    inputs are accumulated in float32. Returns the result (sparse or dense payload by the
+    stream rule, same dtype as the input), identical on every rank; with ``async_op=True``
+    a handle whose ``wait()`` returns it. Collective: every rank of the group calls it.
+    """
+    g = resolve_group(group)
+    if algorithm not in _ALGO_CODE:
+        raise ConfigurationError(
+            f"algorithm must be one of {('auto', *ALGORITHMS)}, found {algorithm!r}")
+    op = check_op(op)
+    if op not in _OP_CODE:
+        raise ConfigurationError(f"sparse_allreduce supports op 'sum' or 'avg', found {op!r}")
+    c = get_codec(codec)
+    g._check("sparse_allreduce")
+
+    def run() -> SparseVector:
+        rows = _agree(g, vec, "sparse_allreduce", algorithm, op, c)
+        seed = _next_seed(g)
+        acc = _acc_dtype(vec.dtype)
+        cur = vec.to(acc) if vec.dtype != acc else vec
+        if g.size == 1:
+            result = cur.compact()
+            alg = "none"
+        else:
+            nnz = [row[2] for row in rows]
+            alg = algorithm if algorithm != "auto" else choose_algorithm(g, nnz, vec.size,
+                                                                         vec.dtype, c)
+            result = _IMPL[alg](g, cur, c, seed)
+        g.world.cache[("last_algorithm", g.ranks)] = alg
+        if op == "avg":
+            result = result.scale(1.0 / g.size)
+        if result.dtype != vec.dtype:
+            result = result.to(vec.dtype)
+        if result is vec and vec.is_dense:
+            result = SparseVector(None, vec.values.clone(), vec.size, check=False)
+        return result
+
+    return _launch(g, run, f"sparse_allreduce({algorithm})", async_op)
+
+
+def last_algorithm(group: Group | None = None) -> str | None:
+    """The algorithm the latest :func:`sparse_allreduce` on ``group`` ran (``"none"`` for 1
+    rank)."""
+    g = resolve_group(group)
+    return g.world.cache.get(("last_algorithm", g.ranks))
+
+
+def sparse_allgather(vec: SparseVector, group: Group | None = None, async_op: bool = False,
+                     codec: str | ValueCodec | None = None) -> list[SparseVector] | Work:
+    """Every rank's ``vec`` (sizes may differ, dtypes must agree), in group-rank order.
+
+    Each stream travels sparse or dense by the stream rule; one allgatherv carries all.
+    """
+    g = resolve_group(group)
+    c = get_codec(codec)
+    g._check("sparse_allgather")
+
+    def run() -> list[SparseVector]:
+        rows = _agree(g, vec, "sparse_allgather", "auto", "sum", c, same_size=False)
+        seed = _next_seed(g)
+        msg, decoded = _encode(vec, c, _seed(seed, g.rank))
+        parts = _backend(g).allgatherv(msg, g, channel=True)
+        return [decoded if j == g.rank else _decode(parts[j], rows[j][0], c, vec.dtype)
+                for j in range(g.size)]
+
+    return _launch(g, run, "sparse_allgather", async_op)

@@ -1,0 +1,247 @@
+"""Alpha-beta cost model of the sparse allreduce algorithms, calibrated on the running world.
+
+``alpha`` is the latency of one point-to-point message (s), ``beta`` the time per byte
+(s/B); the engine's own dense allreduce and allgather get their own (alpha, beta) since
+their implementations differ from a chain of messages, and ``gamma_*`` price local work
+(merging sparse streams, touching dense entries). Fill-in is predicted as if the index
+sets were independent and uniform: the sum of m vectors of density d has
+``n * (1 - (1 - d)**m)`` non-zeros (SparCML, section 4).
+
+The calibration is collective over the group, takes well under a second, is agreed by all
+ranks (max over ranks) and cached in memory per world and on disk in
+``$ONCOSCALE_CACHE_DIR`` (default ``~/.cache/oncoscale``) as ``comm-costmodel.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import statistics
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from oncoscale._io import atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from oncoscale.comm.world import Group
+
+ALGORITHMS = ("recursive_doubling", "split_allgather", "dsar", "dense", "allgather")
+AUTO_CANDIDATES = ("recursive_doubling", "split_allgather", "dsar", "dense")
+HEADER_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted critical-path time (s) and payload bytes sent by one rank."""
+
+    seconds: float
+    bytes_per_rank: float
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Calibrated constants (seconds, seconds per byte, seconds per entry)."""
+
+    alpha: float = 5e-5
+    beta: float = 1e-9
+    alpha_ar: float = 1e-4
+    beta_ar: float = 2e-9
+    alpha_ag: float = 1e-4
+    beta_ag: float = 1e-9
+    gamma_sparse: float = 5e-8
+    gamma_dense: float = 1e-9
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor([getattr(self, f.name) for f in fields(self)], dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> CostModel:
+        return cls(*[float(x) for x in t.tolist()])
+
+    # -- prediction -------------------------------------------------------------------------
+    def predict(self, algorithm: str, p: int, n: int, nnz: list[int], value_bytes: float,
+                index_bytes: float, dense_bytes: float | None = None) -> Prediction:
+        """Time and bytes per rank of ``algorithm`` for ``p`` ranks holding ``nnz[i]``
+        non-zeros of an ``n``-vector. ``value_bytes`` is the wire width of a value (after a
+        codec), ``dense_bytes`` the width of a value in the engine's dense allreduce."""
+        if p <= 1 or n == 0:
+            return Prediction(0.0, 0.0)
+        vb, ib = value_bytes, index_bytes
+        db = vb if dense_bytes is None else dense_bytes
+        k = sum(nnz) / len(nnz)
+        d = min(1.0, k / n)
+
+        def fill(m: float) -> float:  # expected nnz of the sum of m vectors
+            return n * (1.0 - (1.0 - d) ** m)
+
+        def msg(x: float, length: float) -> float:  # sparse or dense, by the stream rule
+            return min(x * (ib + vb), length * vb) + HEADER_BYTES
+
+        def merge_cost(x: float, length: float) -> float:
+            dense = x * (ib + vb) >= length * vb
+            return self.gamma_dense * length if dense else self.gamma_sparse * x
+
+        a, b = self.alpha, self.beta
+        if algorithm == "dense":
+            return Prediction(self.alpha_ar + self.beta_ar * n * db + self.gamma_dense * n,
+                              2 * (p - 1) / p * n * db)
+        if algorithm == "allgather":
+            total = sum(msg(x, n) for x in nnz)
+            return Prediction(2 * self.alpha_ag + self.beta_ag * total
+                              + self.gamma_sparse * sum(nnz), total - msg(k, n))
+        if algorithm == "recursive_doubling":
+            p2 = 1 << (p.bit_length() - 1)
+            extra = p - p2
+            f = p / p2
+            t = sent = 0.0
+            if extra:
+                t += 2 * a + b * msg(k, n) + merge_cost(2 * k, n)
+            for i in range(int(math.log2(p2))):
+                size = msg(fill(f * 2**i), n)
+                t += 2 * a + b * size + merge_cost(2 * fill(f * 2**i), n)
+                sent += size
+            if extra:
+                size = msg(fill(p), n)
+                t += 2 * a + b * size
+                sent += size * extra / p2
+            return Prediction(t, sent)
+        # split phase shared by split_allgather and dsar
+        piece = msg(k / p, n / p)
+        t1 = (self.alpha_ag + self.beta_ag * 8 * p * p + (p - 1) * a + b * (p - 1) * piece
+              + merge_cost(k, n / p))
+        sent1 = (p - 1) * piece
+        if algorithm == "split_allgather":
+            chunk = msg(fill(p) / p, n / p)
+            t2 = 2 * self.alpha_ag + self.beta_ag * p * chunk + merge_cost(fill(p), n)
+            return Prediction(t1 + t2, sent1 + (p - 1) * chunk)
+        if algorithm == "dsar":
+            chunk = n / p * vb + HEADER_BYTES
+            t2 = 2 * self.alpha_ag + self.beta_ag * p * chunk + self.gamma_dense * n
+            return Prediction(t1 + t2, sent1 + (p - 1) * chunk)
+        raise ValueError(algorithm)
+
+    def choose(self, p: int, n: int, nnz: list[int], value_bytes: float, index_bytes: float,
+               candidates: tuple[str, ...] = AUTO_CANDIDATES,
+               dense_bytes: float | None = None) -> str:
+        """The candidate with the smallest predicted time (ties: earlier in the list)."""
+        best = min(candidates, key=lambda alg: self.predict(
+            alg, p, n, nnz, value_bytes, index_bytes, dense_bytes).seconds)
+        return best
+
+
+# -- calibration -----------------------------------------------------------------------------
+def _cache_file() -> Path:
+    root = os.environ.get("ONCOSCALE_CACHE_DIR") or Path.home() / ".cache" / "oncoscale"
+    return Path(root) / "comm-costmodel.json"
+
+
+def _key(group: Group) -> str:
+    return f"{group.backend}|p={group.size}|{socket.gethostname()}"
+
+
+def _timeit(fn, repeats: int = 3) -> float:  # noqa: ANN001
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _measure(group: Group) -> CostModel:
+    from oncoscale.comm.collectives import _exchange  # local import: no cycle at load time
+
+    backend = group.world._backend
+    p, r = group.size, group.rank
+    big = 1 << 20
+    small_msg = torch.zeros(8, dtype=torch.uint8)
+    big_msg = torch.zeros(big, dtype=torch.uint8)
+    partner = r ^ 1
+    if partner < p:
+        _exchange(group, partner, small_msg)  # warm-up (connections)
+        t_small = _timeit(lambda: _exchange(group, partner, small_msg))
+        t_big = _timeit(lambda: _exchange(group, partner, big_msg))
+    else:
+        t_small = t_big = 0.0
+    backend.barrier(group, channel=True)
+    one = torch.zeros(1)
+    vec = torch.zeros(big // 4)
+    backend.allreduce(one, "sum", group, channel=True)
+    ar_small = _timeit(lambda: backend.allreduce(one, "sum", group, channel=True))
+    ar_big = _timeit(lambda: backend.allreduce(vec, "sum", group, channel=True))
+    part = torch.zeros(max(1, big // p), dtype=torch.uint8)
+    ag_small = _timeit(lambda: backend.allgather(small_msg, group, channel=True))
+    ag_big = _timeit(lambda: backend.allgather(part, group, channel=True))
+    # local work: merging sparse streams and dense adds
+    n = 1 << 22
+    gen = torch.Generator().manual_seed(0)
+    ia = torch.randperm(n, generator=gen)[: 1 << 16].sort().values
+    ib = torch.randperm(n, generator=gen)[: 1 << 16].sort().values
+    va = torch.ones(ia.numel())
+
+    def sparse_merge() -> None:
+        u, inv = torch.unique(torch.cat([ia, ib]), sorted=True, return_inverse=True)
+        torch.zeros(u.numel()).index_add_(0, inv, torch.cat([va, va]))
+
+    g_sparse = _timeit(sparse_merge) / (2 * ia.numel())
+    dense_a, dense_b = torch.zeros(n), torch.ones(n)
+    g_dense = _timeit(lambda: dense_a.add_(dense_b)) / n
+    # messages: _exchange sends a count and a payload each way: 2 latencies
+    alpha = max(t_small / 2, 1e-7)
+    beta = max((t_big - t_small) / big, 1e-12)
+    model = CostModel(
+        alpha=alpha, beta=beta,
+        alpha_ar=max(ar_small, 1e-7), beta_ar=max((ar_big - ar_small) / big, 1e-12),
+        alpha_ag=max(ag_small, 1e-7),
+        beta_ag=max((ag_big - ag_small) / (part.numel() * p), 1e-12),
+        gamma_sparse=max(g_sparse, 1e-10), gamma_dense=max(g_dense, 1e-12))
+    agreed = model.as_tensor()
+    backend.allreduce(agreed, "max", group, channel=True)
+    return CostModel.from_tensor(agreed)
+
+
+def calibrated(group: Group, *, refresh: bool = False) -> CostModel:
+    """The cost model of ``group`` (collective on first use: measured or read from cache)."""
+    world = group.world
+    mem_key = ("costmodel", group.ranks)
+    if not refresh and mem_key in world.cache:
+        return world.cache[mem_key]
+    if group.size == 1:
+        model = CostModel()
+        world.cache[mem_key] = model
+        return model
+    backend = world._backend
+    path = _cache_file()
+    key = _key(group)
+    n = len(fields(CostModel))
+    msg = torch.zeros(n + 1, dtype=torch.float64)
+    if group.rank == 0 and not refresh:
+        try:
+            stored = json.loads(path.read_text())[key]
+            msg[0] = 1.0
+            msg[1:] = CostModel(**stored).as_tensor()
+        except (OSError, KeyError, ValueError, TypeError):
+            pass
+    backend.broadcast(msg, 0, group, channel=True)
+    if msg[0] == 1.0:
+        model = CostModel.from_tensor(msg[1:])
+    else:
+        model = _measure(group)
+        if group.rank == 0:
+            try:
+                table = json.loads(path.read_text()) if path.exists() else {}
+            except (OSError, ValueError):
+                table = {}
+            table[key] = asdict(model)
+            try:
+                atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True))
+            except OSError:
+                pass  # a read-only home is not an error: the in-memory copy still works
+    world.cache[mem_key] = model
+    return model
