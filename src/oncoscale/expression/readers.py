@@ -254,7 +254,7 @@ def _csv_read(raw: bytes, skip: int, names: list[str], include: list[str],
         parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False,
                                         ignore_empty_lines=True),
         convert_options=pcsv.ConvertOptions(include_columns=include, column_types=types,
-                                            strings_can_be_null=False,
+                                            null_values=[""], strings_can_be_null=False,
                                             quoted_strings_can_be_null=False),
     )
 

@@ -123,20 +123,23 @@ def read_sample_sheet(path: str | os.PathLike[str], *, lenient: bool = False) ->
     records = []
     seen_files: dict[str, int] = {}
     for line, r in numbered[1:]:
-        if len(r) > len(names):
-            raise InputError(f"expected {len(names)} tab-separated fields, found {len(r)}",
-                             path=path, line=line)
-        cells = [c.strip() for c in r] + [""] * (len(names) - len(r))
+        cells = [c.strip() for c in r[: len(names)]] + [""] * (len(names) - len(r))
         rec: dict[str, object] = dict(zip(names, cells, strict=True))
         rec["line"] = line
         rec["layout"] = layout
         error = None
         try:
+            if len(r) > len(names):
+                raise InputError(f"expected {len(names)} tab-separated fields, found {len(r)}",
+                                 path=path, line=line)
             _complete_row(rec, path, line, seen_files)
         except InputError as e:
             if not lenient:
                 raise
             error = str(e)
+            for k, v in (("samples", ()), ("n_samples", 0), ("sample_type_code", ""),
+                         ("sample_type", ""), ("category", ""), ("tissue", "")):
+                rec.setdefault(k, v)
         rec["error"] = error
         records.append(rec)
     df = pd.DataFrame.from_records(records)
