@@ -39,7 +39,7 @@ import torch
 
 from oncoscale.comm._backend import DoneWork, Work, check_op
 from oncoscale.comm.costmodel import ALGORITHMS, AUTO_CANDIDATES, calibrated
-from oncoscale.comm.quant import CastCodec, ValueCodec, codec_id, get_codec
+from oncoscale.comm.quant import CastCodec, ValueCodec, codec_id, get_codec, view_as
 from oncoscale.comm.sparse import (
     SparseVector,
     index_bytes_for,
@@ -61,13 +61,6 @@ _HEADER = 16  # bytes: (kind, count) as int64 in front of every message
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype: float32 for half types, else the dtype itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _view(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    try:
-        return buf.view(dtype)
-    except RuntimeError:  # misaligned slice
-        return buf.clone().view(dtype)
 
 
 def _seed(base: int, *parts: int) -> int:
@@ -102,13 +95,13 @@ def _encode(vec: SparseVector, codec: ValueCodec, seed: int
 
 def _decode(msg: torch.Tensor, m: int, codec: ValueCodec, dtype: torch.dtype) -> SparseVector:
     """Inverse of :func:`_encode` for a vector of ``m`` entries."""
-    kind, count = (int(x) for x in _view(msg[:_HEADER], torch.int64).tolist())
+    kind, count = (int(x) for x in view_as(msg[:_HEADER], torch.int64).tolist())
     body = msg[_HEADER:]
     if kind == 1:
         return SparseVector(None, codec.decode(body, m, dtype), m, check=False)
     idt = index_dtype_for(m)
     ib = index_bytes_for(m)
-    idx = _view(body[: count * ib], idt).to(torch.int64)
+    idx = view_as(body[: count * ib], idt).to(torch.int64)
     vals = codec.decode(body[count * ib:], count, dtype)
     return SparseVector(idx, vals, m, check=False)
 

@@ -14,6 +14,7 @@ ranks (max over ranks) and cached in memory per world and on disk in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -239,9 +240,8 @@ def calibrated(group: Group, *, refresh: bool = False) -> CostModel:
             except (OSError, ValueError):
                 table = {}
             table[key] = asdict(model)
-            try:
+            # a read-only home is not an error: the in-memory copy still works
+            with contextlib.suppress(OSError):
                 atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True))
-            except OSError:
-                pass  # a read-only home is not an error: the in-memory copy still works
     world.cache[mem_key] = model
     return model

@@ -18,6 +18,15 @@ import torch
 from oncoscale.errors import ConfigurationError
 
 
+def view_as(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Reinterpret a uint8 tensor as ``dtype`` (copying first when the slice is misaligned)."""
+    buf = buf.contiguous()
+    try:
+        return buf.view(dtype)
+    except RuntimeError:
+        return buf.clone().view(dtype)
+
+
 class ValueCodec:
     """Identity codec: values travel in their own dtype (or ``dtype`` if given)."""
 
@@ -46,7 +55,7 @@ class ValueCodec:
         wire = self.dtype or dtype
         if n == 0:
             return torch.zeros(0, dtype=dtype, device=buf.device)
-        return buf.contiguous().view(wire).to(dtype)
+        return view_as(buf, wire).to(dtype)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.dtype})" if self.dtype else "ValueCodec()"
@@ -133,7 +142,7 @@ class QSGDCodec(ValueCodec):
         if n == 0:
             return torch.zeros(0, dtype=dtype, device=buf.device)
         buckets, code_bytes = self._layout(n)
-        scale = buf[: 4 * buckets].contiguous().view(torch.float32)
+        scale = view_as(buf[: 4 * buckets], torch.float32)
         code = self._unpack(buf[4 * buckets: 4 * buckets + code_bytes], n)
         level = code.to(torch.float32) - self.levels
         per = torch.repeat_interleave(scale, self.bucket_size)[:n]
