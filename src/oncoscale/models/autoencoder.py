@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from oncoscale.errors import ConfigurationError, InputError
@@ -72,8 +71,14 @@ class TiedLinear(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, in_features) -> (batch, out_features)``."""
-        return F.linear(x, self.weight.t(), self.bias)
+        """``(..., in_features) -> (..., out_features)``.
+
+        Computed as ``x @ W`` (not ``F.linear(x, W.t())``) so autograd produces this layer's
+        weight gradient in ``W``'s own ``(out, in)`` layout: adding it to the encoder's
+        gradient is then a contiguous add, not a strided transpose-add over the whole matrix.
+        """
+        y = torch.matmul(x, self.weight)
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

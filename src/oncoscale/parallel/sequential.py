@@ -39,7 +39,7 @@ from oncoscale.parallel.checkpoint import (
     save_checkpoint,
 )
 
-__all__ = ["EarlyStopping", "FitResult", "fit_sequential", "train_autoencoder"]
+__all__ = ["EarlyStopping", "FitResult", "fit_sequential", "fused_optimizer", "train_autoencoder"]
 
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -629,6 +629,27 @@ def _check_single_process(extra: Mapping[str, Any]) -> None:
                 "torchrun/mpiexec); fit_sequential runs one process")
 
 
+def fused_optimizer(name: str, params: Iterator[nn.Parameter], *, lr: float,
+                    weight_decay: float = 0.0, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``torch.optim.Adam`` (``name="adam"``) or ``SGD`` with momentum (``"sgd"``), using the
+    fused single-pass kernel where this torch build supports it for the parameters' device
+    and dtype, else the default implementation.
+
+    The fused Adam step reads and writes each parameter once instead of about ten times; on
+    the 20,000-gene autoencoder it is the difference between ~25 ms and ~400 ms per step on
+    CPU (see benchmarks/autoencoder.md).
+    """
+    params = list(params)
+    kind = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}.get(name)
+    if kind is None:
+        raise ConfigurationError(f"optimizer: expected 'adam' or 'sgd', found {name!r}")
+    extra: dict[str, Any] = {"momentum": momentum} if name == "sgd" else {}
+    try:
+        return kind(params, lr=lr, weight_decay=weight_decay, fused=True, **extra)
+    except (RuntimeError, TypeError, ValueError):
+        return kind(params, lr=lr, weight_decay=weight_decay, **extra)
+
+
 # --------------------------------------------------------------------------------------------
 # the autoencoder convenience trainer
 # --------------------------------------------------------------------------------------------
@@ -667,14 +688,12 @@ def train_autoencoder(X: np.ndarray | torch.Tensor, *, n_latent: int = 1000,
                       "scale genes to [0, 1] first (expression.preprocess)", UserWarning,
                       stacklevel=2)
     opt_name = str(optimizer).lower()
-    if opt_name == "adam":
-        def make_opt(p: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-            return torch.optim.Adam(p, lr=lr, weight_decay=weight_decay)
-    elif opt_name == "sgd":
-        def make_opt(p: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-            return torch.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    else:
+    if opt_name not in ("adam", "sgd"):
         raise ConfigurationError(f"optimizer: expected 'adam' or 'sgd', found {optimizer!r}")
+
+    def make_opt(p: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+        return fused_optimizer(opt_name, p, lr=lr, weight_decay=weight_decay)
+
     torch.manual_seed(seed)
     model = Autoencoder(int(Xt.shape[1]), n_latent, hidden=hidden, tied=tied,
                         latent_activation=latent_activation,
