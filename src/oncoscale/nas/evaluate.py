@@ -102,6 +102,7 @@ class PreparedData:
     mean: list[float]
     std: list[float]
     description: str = ""
+    classes: list[str] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -113,7 +114,8 @@ class PreparedData:
         from oncoscale.nas.data import channel_stats
 
         mean, std = channel_stats(train.x)
-        return cls(train.x, train.y, val.x, val.y, len(train.classes), mean, std, description)
+        return cls(train.x, train.y, val.x, val.y, len(train.classes), mean, std, description,
+                   list(train.classes))
 
 
 def resolve_device(name: str) -> str:

@@ -127,13 +127,15 @@ class Search:
     evaluator : the callable workers run (default: :class:`Evaluator` on the configured data).
     pool_factory : ``evaluator -> WorkerPool`` (default from ``[workers]``).
     progress : show a rich progress display.
+    seeds : extra genomes placed in the initial population after the baselines.
     """
 
     def __init__(self, config: SearchConfig, run_dir: str | os.PathLike[str], *,
                  evaluator: Callable[[str, int, int], EvalResult] | None = None,
                  pool_factory: Callable[[Any], WorkerPool] | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, seeds: list[Genome] | None = None) -> None:
         self.config = config
+        self.seeds = list(seeds or [])
         self.run_dir = Path(run_dir)
         self.space = SearchSpace.from_dict(config.space)
         self.evaluator = evaluator
@@ -145,6 +147,7 @@ class Search:
         self.n_created_ = 0
         self.input_size_: int | None = None
         self.data_description_ = ""
+        self.meta_: dict[str, Any] = {"base_dir": config.base_dir}
 
     # ------------------------------------------------------------------ state
     @property
@@ -160,6 +163,7 @@ class Search:
             "population": self.population_,
             "input_size": self.input_size_,
             "data": self.data_description_,
+            "meta": self.meta_,
             "candidates": [{k: _nan_to_none(v) for k, v in c.__dict__.items()}
                            for c in self.candidates_.values()],
         }
@@ -194,6 +198,7 @@ class Search:
         self.population_ = [int(i) for i in state["population"]]
         self.input_size_ = state.get("input_size")
         self.data_description_ = state.get("data", "")
+        self.meta_ = {**state.get("meta", {}), "base_dir": self.config.base_dir}
         self.candidates_ = {}
         for c in state["candidates"]:
             c = {k: _none_to_nan(v) if k in ("accuracy", "auc", "latency_ms") else v
@@ -243,8 +248,10 @@ class Search:
         if cid < pop:
             seeds = list(baselines(self.input_size_ or 96, s.baseline_width).items()) \
                 if s.baselines else []
+            seeds += [(f"seed{i}", g) for i, g in enumerate(self.seeds)]
             if cid < len(seeds):
-                origin, genome = f"baseline:{seeds[cid][0]}", seeds[cid][1]
+                name, genome = seeds[cid]
+                origin = ("baseline:" if not name.startswith("seed") else "seed:") + name
         ok = [i for i in self.population_ if self.candidates_[i].status == STATUS_OK]
         if genome is None and (cid < pop or len(ok) < 2):
             for _ in range(50):
@@ -325,8 +332,11 @@ class Search:
         if self.input_size_ is None:
             shape = getattr(getattr(evaluator, "data", None), "input_shape", None)
             self.input_size_ = int(shape[1]) if shape else 96
-        if isinstance(evaluator, Evaluator) and not self.data_description_:
-            self.data_description_ = evaluator.data.description
+        data = getattr(evaluator, "data", None)
+        if isinstance(data, PreparedData):
+            self.data_description_ = self.data_description_ or data.description
+            self.meta_.update(input_shape=list(data.input_shape), num_classes=data.num_classes,
+                              classes=data.classes, mean=data.mean, std=data.std)
         target = self.config.search.evaluations
         # pending candidates (in flight when the last run stopped) go first
         queue: deque[Task] = deque(
