@@ -530,8 +530,12 @@ def make_synthetic_project(
                 _write_one(job)
                 bar.update(1)
         else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods()
+                                 else "spawn")
             with ProcessPoolExecutor(max_workers=n_jobs, initializer=_init_worker,
-                                     initargs=(state,)) as ex:
+                                     initargs=(state,), mp_context=ctx) as ex:
                 for _ in ex.map(_write_one, jobs, chunksize=4):
                     bar.update(1)
     finally:

@@ -369,22 +369,27 @@ def preprocess(train: Any, *others: Any, log: bool = True,
     cohorts = [train, *others]
     if log:
         cohorts = [log2_1p(a) for a in cohorts]
-    if gene_types is not None or min_variance is not None or top_n_variance is not None:
-        t = filter_genes(cohorts[0], gene_types=gene_types, min_variance=min_variance,
+    filtering = gene_types is not None or min_variance is not None or top_n_variance is not None
+    t = cohorts[0]
+    if filtering:
+        t = filter_genes(t, gene_types=gene_types, min_variance=min_variance,
                          top_n_variance=top_n_variance)
-        genes = t.var_names
-        rest = []
-        for k, a in enumerate(cohorts[1:], start=1):
-            idx = a.var_names.get_indexer(genes)
-            if (idx < 0).any():
-                miss = genes[idx < 0]
-                raise InputError(f"preprocess: cohort {k} lacks {len(miss)} of the training "
-                                 f"genes (e.g. {', '.join(map(str, miss[:3]))})")
+    genes = t.var_names
+    rest = []
+    for k, a in enumerate(cohorts[1:], start=1):
+        idx = a.var_names.get_indexer(genes)
+        if (idx < 0).any():
+            miss = genes[idx < 0]
+            raise InputError(f"preprocess: cohort {k} lacks {len(miss)} of the training "
+                             f"genes (e.g. {', '.join(map(str, miss[:3]))})")
+        if filtering or not np.array_equal(idx, np.arange(a.n_vars)):
             b = a[:, idx].copy()
             _record(b, "filter_genes", selected_on="train", n_genes_before=int(a.n_vars),
                     n_genes_after=int(len(genes)))
-            rest.append(b)
-        cohorts = [t, *rest]
+        else:
+            b = a
+        rest.append(b)
+    cohorts = [t, *rest]
     if scale:
         scaler = MinMaxScaler(clip=clip).fit(cohorts[0])
         cohorts = [scaler.transform(a) for a in cohorts]
