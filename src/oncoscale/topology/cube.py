@@ -51,10 +51,21 @@ _TABLES = ("meta", "axes", "leaves", "hist1d", "hist2d", "extrema", "saddles", "
 
 
 def bin_index(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
-    """Bin of every value on an axis ``[lo, hi]`` cut into ``bins`` equal bins (int16/int32)."""
-    w = (hi - lo) / bins if hi > lo else 1.0
-    b = np.floor((np.asarray(values, dtype=np.float64) - lo) / w)
-    return np.clip(b, 0, bins - 1).astype(np.int32)
+    """Bin (int32) of every value on the axis ``[lo, hi]`` cut into ``bins`` equal bins.
+
+    Same edges and rule as ``numpy.histogram(values, bins, range=(lo, hi))``: bins are
+    half-open except the last, which includes ``hi``; values outside are clipped to the ends.
+    A constant axis (``hi == lo``) puts everything in bin 0.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if not hi > lo:
+        return np.zeros(v.shape, dtype=np.int32)
+    edges = np.linspace(lo, hi, bins + 1)
+    idx = np.floor((v - lo) * (bins / (hi - lo))).astype(np.int64)
+    idx = np.clip(idx, 0, bins - 1)
+    idx -= v < edges[idx]  # the same corrections numpy applies at the edges
+    idx += (v >= edges[np.minimum(idx + 1, bins)]) & (idx != bins - 1)
+    return np.clip(idx, 0, bins - 1).astype(np.int32)
 
 
 def _pca2(X: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,8 @@ Routes (all GET):
 ``/api/spine``             surviving extrema and saddle links at ``p``
 ``/api/segments``          Morse-Smale segments at ``p``
 ``/api/hist``              1-D histogram of ``axis`` for a selection, optionally brushed
-``/api/hist2d``            joint histogram of ``a`` x ``b`` (``bins`` 8..128), optionally brushed
-``/api/pcoords``           density parallel coordinates (``bins`` 8..64)
+``/api/hist2d``            joint histogram of ``a`` x ``b`` (``bins`` 2..resolution), brushable
+``/api/pcoords``           density parallel coordinates (``bins`` 2..64)
 
 Selections: ``seg`` (segment id at ``p``) or ``max`` / ``min`` (sample index of a surviving
 extremum). Brush: ``baxis``, ``blo``, ``bhi`` (data units), all three or none. Every parameter
@@ -244,7 +244,7 @@ def create_app(cube_path: str | Path):
         a, b = q.axis("a"), q.axis("b")
         if a == b:
             raise BadParamError("a and b must be different axes")
-        bins = q.int("bins", 8, cube.bins, 64)
+        bins = q.int("bins", 2, cube.bins, min(64, cube.bins))
         if cube.bins % bins:
             raise BadParamError(f"bins must divide the cube resolution {cube.bins}, found {bins}")
         leaves = q.selection(p)
@@ -258,7 +258,7 @@ def create_app(cube_path: str | Path):
 
     def pcoords(q: Params) -> dict:
         p = q.persistence()
-        bins = q.int("bins", 8, 64, 32)
+        bins = q.int("bins", 2, min(64, cube.bins), min(32, cube.bins))
         if cube.bins % bins:
             raise BadParamError(f"bins must divide the cube resolution {cube.bins}, found {bins}")
         leaves = q.selection(p)

@@ -30,6 +30,13 @@
     return body;
   }
 
+  // the largest divisor of the cube's resolution that is <= target (coarser views)
+  function pickBins(target) {
+    const B = state.meta.bins;
+    for (let b = Math.min(target, B); b > 1; b--) if (B % b === 0) return b;
+    return B;
+  }
+
   function levelToP(i) {
     const L = state.meta.levels;
     if (i <= 0 || L.length === 0) return 0;
@@ -122,7 +129,8 @@
     }
     Plotly.react("spine", traces, {
       margin: { l: 50, r: 10, t: 10, b: 40 }, showlegend: false, hovermode: "closest",
-      xaxis: { title: "PC 1", zeroline: false }, yaxis: { title: state.meta.f_name },
+      xaxis: { title: "PC 1", zeroline: false },
+      yaxis: { title: state.meta.f_name, zeroline: false },
     }, { displaylogo: false, responsive: true });
   }
 
@@ -225,7 +233,8 @@
     Plotly.react("scatter", [{ type: "heatmap", x: xa, y: ya, z, colorscale: "Viridis",
       colorbar: { title: "log10(1+n)", thickness: 12 }, hoverongaps: false }], {
       margin: { l: 50, r: 10, t: 10, b: 40 },
-      xaxis: { title: names[h.b] }, yaxis: { title: names[h.a] },
+      xaxis: { title: names[h.b], zeroline: false, range: [h.lo[1], h.hi[1]] },
+      yaxis: { title: names[h.a], zeroline: false, range: [h.lo[0], h.hi[0]] },
     }, { displaylogo: false, responsive: true });
   }
 
@@ -291,7 +300,8 @@
       const [sx, sy] = state.scatter;
       const hists = await Promise.all(state.meta.names.map((_, a) => api("hist", { ...qb, axis: a })));
       const [scatter, pcoords] = await Promise.all([
-        api("hist2d", { ...qb, a: sy, b: sx, bins: 64 }), api("pcoords", { ...qb, bins: 32 })]);
+        api("hist2d", { ...qb, a: sy, b: sx, bins: pickBins(64) }),
+        api("pcoords", { ...qb, bins: pickBins(32) })]);
       if (gen !== state.generation) return;
       hists.forEach(drawHistogram);
       drawScatter(scatter);

@@ -1,0 +1,223 @@
+"""Datacube: histograms equal direct numpy histograms, segments are sums of leaves, brushing,
+the spine, bad cube files, and the `oncoscale topo build` command."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from oncoscale.errors import ConfigurationError, InputError
+from oncoscale.topology import Cube, MorseSmale, build, write_cube
+
+
+def bumps(n=2500, d=3, seed=5):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-6, 6, size=(n, d))
+    centres = np.array([[-3.0] * d, [3.0] * d, [3.0, -3.0] + [0.0] * (d - 2)])
+    f = sum((1 + i) * np.exp(-((X - c) ** 2).sum(1) / 2) for i, c in enumerate(centres))
+    return X, f + rng.normal(0, 0.01, n)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    X, f = bumps()
+    ms = MorseSmale(k=12).fit(X, f)
+    path = tmp_path_factory.mktemp("cube") / "cube.duckdb"
+    write_cube(path, X, f, ms, bins=32, hist3d=True, bins3d=8, dims=["a", "b", "c"],
+               f_name="y")
+    cube = Cube(path)
+    yield X, f, ms, cube
+    cube.close()
+
+
+def edges_of(v, bins):
+    return np.linspace(v.min(), v.max(), bins + 1)
+
+
+def test_whole_data_histograms_equal_numpy(fitted):
+    X, f, ms, cube = fitted
+    data = np.column_stack([X, f])
+    assert cube.names == ["a", "b", "c", "y"] and cube.bins == 32
+    for a in range(4):
+        ref, _ = np.histogram(data[:, a], bins=32, range=(data[:, a].min(), data[:, a].max()))
+        assert np.array_equal(cube.hist1d(a), ref)
+        for b in range(4):
+            if a == b:
+                continue
+            ref2, _, _ = np.histogram2d(data[:, a], data[:, b],
+                                        bins=[edges_of(data[:, a], 32), edges_of(data[:, b], 32)])
+            assert np.array_equal(cube.hist2d(a, b), ref2.astype(np.int64))
+    assert np.array_equal(cube.hist1d("y"), cube.hist1d(3))
+    assert cube.hist2d(0, 1, bins=8).sum() == X.shape[0]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.05, 0.3])
+def test_segments_are_sums_of_leaves_and_match_the_segmentation(fitted, p):
+    X, f, ms, cube = fitted
+    data = np.column_stack([X, f])
+    segs = cube.segments(p)
+    up, down = ms.regions(p, "max"), ms.regions(p, "min")
+    assert len(segs) == len(np.unique(up * len(f) + down))
+    assert segs["count"].sum() == len(f)
+    for _, s in segs.sort_values("count").tail(4).iterrows():
+        members = (up == s["max"]) & (down == s["min"])
+        assert members.sum() == s["count"]
+        assert np.isclose(f[members].max(), s["f_max"])
+        leaves = cube.select(p, segment=int(s["segment"]))
+        for a in (0, 3):
+            rng = (data[:, a].min(), data[:, a].max())
+            ref, _ = np.histogram(data[members, a], bins=32, range=rng)
+            got = cube.hist1d(a, p, leaves)
+            assert np.array_equal(got, ref)
+            # the same sum, leaf by leaf
+            assert np.array_equal(sum(cube.hist1d(a, p, np.array([lf])) for lf in leaves), got)
+    # the ascending region of a surviving maximum
+    m = int(ms.maxima(p)[0])
+    reg = up == m
+    got = cube.hist1d(1, p, cube.select(p, maximum=m))
+    ref, _ = np.histogram(X[reg, 1], bins=32, range=(X[:, 1].min(), X[:, 1].max()))
+    assert np.array_equal(got, ref)
+
+
+def test_brushing_gives_conditional_histograms(fitted):
+    X, f, ms, cube = fitted
+    data = np.column_stack([X, f])
+    bins = np.column_stack([np.clip(np.digitize(data[:, a], edges_of(data[:, a], 32)) - 1, 0, 31)
+                            for a in range(4)])
+    lo, hi = -1.0, 2.5
+    e = edges_of(X[:, 0], 32)
+    b_lo, b_hi = np.searchsorted(e, lo, "right") - 1, np.searchsorted(e, hi, "right") - 1
+    mask = (bins[:, 0] >= b_lo) & (bins[:, 0] <= b_hi)
+    for a in (1, 2, 3):
+        ref = np.bincount(bins[mask, a], minlength=32)
+        assert np.array_equal(cube.hist1d(a, brush=(0, lo, hi)), ref)
+    same = cube.hist1d(0, brush=("a", lo, hi))
+    assert same.sum() == mask.sum() and same[:b_lo].sum() == 0
+    # brushing within a segment
+    leaves = cube.select(0.05, segment=0)
+    seg_mask = np.isin(ms.segmentation(0.05), [0])
+    ref = np.bincount(bins[mask & seg_mask, 3], minlength=32)
+    assert np.array_equal(cube.hist1d(3, 0.05, leaves, brush=(0, lo, hi)), ref)
+    # a brush on a third axis uses the 3-D histograms (8 bins)
+    e8 = [np.linspace(data[:, a].min(), data[:, a].max(), 9) for a in range(4)]
+    b8 = np.column_stack([np.clip(np.digitize(data[:, a], e8[a]) - 1, 0, 7) for a in range(4)])
+    c_lo, c_hi = (np.searchsorted(e8[2], v, "right") - 1 for v in (-2.0, 2.0))
+    m3 = (b8[:, 2] >= c_lo) & (b8[:, 2] <= c_hi)
+    ref2 = np.zeros((8, 8), dtype=np.int64)
+    np.add.at(ref2, (b8[m3, 1], b8[m3, 0]), 1)
+    assert np.array_equal(cube.hist2d(1, 0, brush=(2, -2.0, 2.0)), ref2)
+    pc = cube.pcoords(bins=8, brush=(2, -2.0, 2.0))
+    assert len(pc) == 3 and all(ok for _, ok in pc)
+    with pytest.raises(InputError, match="lo <= hi"):
+        cube.hist1d(1, brush=(0, 2.0, 1.0))
+    with pytest.raises(InputError, match="unknown axis"):
+        cube.hist1d("nope")
+    with pytest.raises(InputError, match="axis must be"):
+        cube.hist1d(4)
+
+
+def test_spine_and_merges(fitted):
+    X, f, ms, cube = fitted
+    for p in (0.0, 0.1, 0.5):
+        sp = cube.spine(p)
+        nodes = sp["nodes"]
+        assert set(nodes.loc[nodes.kind == "max", "extremum"]) == set(ms.maxima(p).tolist())
+        assert set(nodes.loc[nodes.kind == "min", "extremum"]) == set(ms.minima(p).tolist())
+        assert nodes.loc[nodes.kind == "max", "volume"].sum() == len(f)
+        links = sp["links"]
+        ref = ms.saddles(p, "max")
+        got = links[links.kind == "max"]
+        assert set(zip(got.a, got.b, strict=True)) == set(zip(ref.a, ref.b, strict=True))
+    assert len(cube.spine(0.1)["nodes"].query("kind == 'max'")) == 3
+    merges = cube.merges()
+    assert len(merges) == len(ms.merges_)
+    assert len(cube.levels()) > 0 and cube.levels().max() <= 1.0
+
+
+def test_without_3d_a_third_axis_brush_is_refused(tmp_path):
+    X, f = bumps(n=600)
+    ms = MorseSmale(k=8).fit(X, f)
+    path = write_cube(tmp_path / "c.duckdb", X, f, ms, bins=16, store_graph=False)
+    with Cube(path) as cube:
+        with pytest.raises(ConfigurationError, match="3-D"):
+            cube.hist2d(0, 1, brush=(2, 0.0, 1.0))
+        pc = cube.pcoords(bins=16, brush=(2, 0.0, 1.0))
+        assert [ok for _, ok in pc] == [False, True, True]  # pairs (0,1), (1,2), (2,3)
+    with pytest.raises(ConfigurationError, match="bins"):
+        write_cube(tmp_path / "d.duckdb", X, f, ms, bins=1)
+
+
+def test_bad_cube_files_give_clear_errors(tmp_path):
+    missing = tmp_path / "missing.duckdb"
+    with pytest.raises(InputError, match="not found"):
+        Cube(missing)
+    junk = tmp_path / "junk.duckdb"
+    junk.write_bytes(np.random.default_rng(0).bytes(20_000))
+    with pytest.raises(InputError, match="junk.duckdb.*not a DuckDB database"):
+        Cube(junk)
+    text = tmp_path / "notes.duckdb"
+    text.write_text("hello\n")
+    with pytest.raises(InputError, match="not a DuckDB database"):
+        Cube(text)
+    foreign = tmp_path / "foreign.duckdb"
+    con = duckdb.connect(str(foreign))
+    con.execute("CREATE TABLE t(x INTEGER)")
+    con.close()
+    with pytest.raises(InputError, match="not an oncoscale topology cube: missing tables"):
+        Cube(foreign)
+    X, f = bumps(n=300)
+    good = build(X, f, out=tmp_path / "good.duckdb", k=6, bins=8, progress=False)
+    con = duckdb.connect(str(good))
+    con.execute("UPDATE meta SET value = 'something.else' WHERE key = 'format'")
+    con.close()
+    with pytest.raises(InputError, match="format is 'something.else'"):
+        Cube(good)
+    # a truncated cube
+    trunc = tmp_path / "trunc.duckdb"
+    good2 = build(X, f, out=tmp_path / "good2.duckdb", k=6, bins=8, progress=False)
+    trunc.write_bytes(good2.read_bytes()[:5000])
+    with pytest.raises(InputError, match="trunc.duckdb"):
+        Cube(trunc)
+
+
+def test_cli_topo_build_from_each_format(tmp_path):
+    import anndata
+
+    from oncoscale.cli import app
+
+    X, f = bumps(n=400)
+    df = pd.DataFrame(X, columns=["u", "v", "w"]).assign(score=f, label="x")
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df.to_parquet(tmp_path / "d.parquet")
+    np.save(tmp_path / "d.npy", np.column_stack([X, f]))
+    ad = anndata.AnnData(X=X.astype(np.float32), obs=pd.DataFrame({"score": f},
+                                                                  index=[str(i) for i in
+                                                                         range(len(f))]))
+    ad.obsm["X_ae"] = X[:, :2]
+    ad.write_h5ad(tmp_path / "d.h5ad")
+    runner = CliRunner()
+    cases = [("d.csv", ["--f", "score"], ["u", "v", "w", "score"]),
+             ("d.parquet", ["--x", "u,w", "--f", "score"], ["u", "w", "score"]),
+             ("d.npy", ["--x", "0:3", "--f", "3"], ["col0", "col1", "col2", "col3"]),
+             ("d.h5ad", ["--x", "obsm:X_ae", "--f", "obs:score"], ["X_ae_0", "X_ae_1", "score"])]
+    for name, opts, axes in cases:
+        out = tmp_path / (name + ".duckdb")
+        res = runner.invoke(app, ["topo", "build", str(tmp_path / name), *opts, "-o", str(out),
+                                  "--k", "8", "--bins", "16", "--no-progress", "--jobs", "1"])
+        assert res.exit_code == 0, res.output
+        with Cube(out) as cube:
+            assert cube.names == axes and cube.n == 400
+            assert cube.meta["source"].endswith(name)
+    res = runner.invoke(app, ["topo", "build", str(tmp_path / "d.csv"), "--f", "nope",
+                              "-o", str(tmp_path / "x.duckdb"), "--no-progress"])
+    assert res.exit_code == 2 and "column 'nope'" in res.output
+    bad = df.copy()
+    bad.loc[3, "v"] = np.nan
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    res = runner.invoke(app, ["topo", "build", str(tmp_path / "bad.csv"), "--f", "score",
+                              "-o", str(tmp_path / "y.duckdb"), "--no-progress"])
+    assert res.exit_code == 2 and "bad.csv" in res.output and "sample 3" in res.output
+    assert not (tmp_path / "y.duckdb").exists()
