@@ -16,7 +16,13 @@ import pytest
 import oncoscale.expression.gdc as gdc_mod
 from oncoscale.datasets.gdc import SyntheticGDCProject, make_synthetic_project
 from oncoscale.errors import InputError
-from oncoscale.expression import pair_tumour_normal, read_gdc, read_sample_sheet
+from oncoscale.expression import (
+    pair_tumour_normal,
+    preprocess,
+    read_gdc,
+    read_sample_sheet,
+    split_train_pairs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +67,21 @@ def test_read_matches_truth(project: SyntheticGDCProject) -> None:
     pairs = pair_tumour_normal(a)
     assert pairs.index.tolist() == project.pair_cases
     assert set(pairs["project"]) <= set(project.projects)
+
+
+def test_split_train_pairs_and_preprocess(project: SyntheticGDCProject) -> None:
+    a = read_gdc(project.sample_sheet, progress=False, n_jobs=1)
+    train, pairs = split_train_pairs(a)
+    assert sorted(train.obs["sample"]) == sorted(project.train_samples)
+    assert pairs.n_obs == 2 * len(project.pair_cases)
+    assert pairs.obs["label"].tolist() == [1] * 6 + [0] * 6
+    assert pairs.obs["sample_type_code"].astype(str).tolist() == ["01"] * 6 + ["11"] * 6
+    assert pairs.obs["participant"].tolist()[:6] == pairs.obs["participant"].tolist()[6:]
+    assert set(train.obs["case"]).isdisjoint(pairs.obs["case"])
+    t, p = preprocess(train, pairs)
+    assert list(t.var_names) == list(p.var_names)
+    assert set(t.var["gene_type"]) == {"protein_coding"}
+    assert p.X.min() >= 0 and p.X.max() <= 1
 
 
 def test_normalised_values_consistent_with_counts(project: SyntheticGDCProject) -> None:

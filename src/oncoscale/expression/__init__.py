@@ -4,8 +4,9 @@ Typical use::
 
     from oncoscale import expression as ex
     adata = ex.read_gdc("gdc_sample_sheet.2026-01-01.tsv")       # files x genes, float32
-    pairs = ex.pair_tumour_normal(adata)                          # participant -> 01 / 11
-    train, pair_cohort = ex.preprocess(adata[train_rows], adata[pair_rows])
+    table = ex.pair_tumour_normal(adata)                          # participant -> 01 / 11 rows
+    train, pairs = ex.split_train_pairs(adata)                    # unpaired tumours / 01+11
+    train, pairs = ex.preprocess(train, pairs)                    # log2(1+x), protein coding, [0,1]
 """
 
 from oncoscale.expression.barcodes import (
@@ -14,6 +15,7 @@ from oncoscale.expression.barcodes import (
     pair_tumour_normal,
     parse_barcode,
     sample_category,
+    split_train_pairs,
 )
 from oncoscale.expression.gdc import find_sample_sheet, read_gdc
 from oncoscale.expression.preprocess import (
@@ -52,5 +54,6 @@ __all__ = [
     "read_star_counts",
     "sample_category",
     "sniff_format",
+    "split_train_pairs",
     "strip_version",
 ]

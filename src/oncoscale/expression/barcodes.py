@@ -40,6 +40,7 @@ __all__ = [
     "parse_barcode",
     "sample_category",
     "pair_tumour_normal",
+    "split_train_pairs",
 ]
 
 #: GDC sample type codes (https://gdc.cancer.gov/resources-tcga-users/tcga-code-tables).
@@ -256,3 +257,42 @@ def pair_tumour_normal(samples: Any, *, tumour_code: str = "01",
     }, index=both)
     out.index.name = "participant"
     return out.sort_index()
+
+
+def split_train_pairs(adata: Any, *, tumour_code: str = "01",
+                      normal_code: str = "11") -> tuple[Any, Any]:
+    """Split an expression AnnData into the training tumours and the tumour/normal pairs.
+
+    The pairs cohort holds, for every participant with both, the primary tumour (01) and
+    the solid tissue normal (11) chosen by :func:`pair_tumour_normal` - tumours first, then
+    normals in the same participant order - with ``obs["label"]`` = 1 for tumour, 0 for
+    normal and ``obs["participant"]``. The training cohort holds every other tumour sample
+    (codes 01-09) of participants that are *not* in the pairs, so no participant is in both.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``obs["sample"]`` barcodes (as :func:`oncoscale.expression.read_gdc`
+        returns).
+
+    Returns
+    -------
+    (train, pairs)
+        Two AnnData copies (n_train x n_genes, 2 n_pairs x n_genes).
+    """
+    pairs = pair_tumour_normal(adata, tumour_code=tumour_code, normal_code=normal_code)
+    obs = adata.obs
+    cats = []
+    cases = []
+    for s in obs["sample"].astype(str):
+        bc = parse_barcode(s, require_sample=True)
+        cats.append(bc.category)
+        cases.append(bc.case)
+    cats_arr = pd.Series(cats, index=obs.index)
+    in_pairs = pd.Series(cases, index=obs.index).isin(pairs.index)
+    train = adata[((cats_arr == "tumour") & ~in_pairs).to_numpy()].copy()
+    order = list(pairs["tumour"]) + list(pairs["normal"])
+    pair_ad = adata[adata.obs_names.get_indexer(order)].copy()
+    pair_ad.obs["label"] = [1] * len(pairs) + [0] * len(pairs)
+    pair_ad.obs["participant"] = list(pairs.index) * 2
+    return train, pair_ad

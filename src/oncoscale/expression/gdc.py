@@ -392,7 +392,7 @@ def read_gdc(
         "tissue": s["tissue"].astype(str).to_numpy(),
         "tumor_descriptor": s["tumor_descriptor"].astype(str).to_numpy(),
         "specimen_type": s["specimen_type"].astype(str).to_numpy(),
-    }, index=pd.Index(index.to_numpy(), name="file_id"))
+    }, index=pd.Index(index.to_numpy()))
     for c in ("project", "sample_type", "sample_type_code", "category", "tissue",
               "tumor_descriptor", "specimen_type"):
         obs[c] = obs[c].astype("category")
