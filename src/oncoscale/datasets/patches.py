@@ -59,7 +59,7 @@ def render_patch(rng: np.random.Generator, n_lymphocytes: int, size: int = 100) 
     # tumour nuclei: large pale ellipses with a darker rim
     for _ in range(int(rng.integers(2, 7))):
         cy, cx = rng.uniform(0, size, 2)
-        ry, rx = rng.uniform(6, 11, 2)
+        ry, rx = rng.uniform(6, 11, 2) * max(size / 100.0, 0.4)
         theta = rng.uniform(0, np.pi)
         dy, dx = yy - cy, xx - cx
         u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
@@ -74,12 +74,13 @@ def render_patch(rng: np.random.Generator, n_lymphocytes: int, size: int = 100) 
         img[speck] = _TUMOUR_RIM * 0.9
 
     # lymphocytes: small dark round nuclei, kept apart so they can be counted
+    sep2 = 100.0 if size >= 64 else 49.0  # squared distance between lymphocyte centres
     centres: list[tuple[float, float]] = []
     attempts = 0
     while len(centres) < n_lymphocytes and attempts < 1000:
         attempts += 1
         cy, cx = rng.uniform(5, size - 5, 2)
-        if all((cy - a) ** 2 + (cx - b) ** 2 > 100.0 for a, b in centres):
+        if all((cy - a) ** 2 + (cx - b) ** 2 > sep2 for a, b in centres):
             centres.append((cy, cx))
     if len(centres) < n_lymphocytes:  # pragma: no cover - only for absurd counts
         raise ConfigurationError(f"could not place {n_lymphocytes} lymphocytes in {size} px")
@@ -101,8 +102,8 @@ def synthetic_patches(n: int, size: int = 100, seed: int = 0
     Returns ``(x, y, counts)``: x ``(n, size, size, 3)`` uint8, y ``(n,)`` int64 labels
     (1 = two or more lymphocytes), counts ``(n,)`` the number of lymphocytes drawn.
     """
-    if n < 1 or size < 24:
-        raise ConfigurationError(f"need n >= 1 and size >= 24, got n={n}, size={size}")
+    if n < 1 or size < 32:
+        raise ConfigurationError(f"need n >= 1 and size >= 32, got n={n}, size={size}")
     x = np.empty((n, size, size, 3), dtype=np.uint8)
     y = np.empty(n, dtype=np.int64)
     counts = np.empty(n, dtype=np.int64)

@@ -154,15 +154,18 @@ def mutate(genome: Genome, space: SearchSpace, rng: np.random.Generator, *,
     """
     n = n_mutations if n_mutations is not None else int(rng.geometric(0.5))
     child = genome
-    for _ in range(n):
-        for _attempt in range(20):
-            op = MUTATIONS[int(rng.integers(len(MUTATIONS)))]
-            new = _apply(op, child, space, rng)
-            if new is not None and new != child:
-                child = new
-                if log is not None:
-                    log.append(op)
-                break
+    done = 0
+    for _attempt in range(20 * n + 40):
+        # stop after n applied operators, unless they cancelled out (e.g. swap, swap back)
+        if done >= n and child != genome:
+            break
+        op = MUTATIONS[int(rng.integers(len(MUTATIONS)))]
+        new = _apply(op, child, space, rng)
+        if new is not None and new != child:
+            child = new
+            done += 1
+            if log is not None:
+                log.append(op)
     return child
 
 
