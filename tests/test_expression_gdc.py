@@ -161,6 +161,7 @@ def test_bad_value_names_file_and_line(copy: SyntheticGDCProject, k: int, n_jobs
     with pytest.raises(InputError) as ei:
         read_gdc(copy.sample_sheet, progress=False, n_jobs=n_jobs)
     assert f"{victim}, line 21: " in str(ei.value) and "not finite" in str(ei.value)
+    assert ei.value.path == str(victim) and ei.value.line == 21
     with pytest.warns(UserWarning):
         a = read_gdc(copy.sample_sheet, progress=False, n_jobs=n_jobs, lenient=True)
     assert a.n_obs == copy.n_files - 1

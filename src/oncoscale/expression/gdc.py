@@ -115,10 +115,20 @@ def _parse_worker(path: str, value: str, fmt: str) -> tuple[Any, ...]:
         pf = parse_expression_file(path, value, fmt=fmt, annotation=False,
                                    check_duplicates=False)
     except InputError as e:
-        return ("error", str(e))
+        return ("error", _raw_message(e), e.path, e.line)
     except Exception as e:  # noqa: BLE001 - any failure of one file is reported with its path
-        return ("error", f"{path}: cannot parse file: {type(e).__name__}: {e}")
+        return ("error", f"cannot parse file: {type(e).__name__}: {e}", path, None)
     return ("ok", pf.values, pf.digest)
+
+
+def _raw_message(e: InputError) -> str:
+    """The message of an InputError without its "path, line N: " prefix."""
+    msg = str(e)
+    if e.path is not None:
+        prefix = e.path + (f", line {e.line}" if e.line is not None else "") + ": "
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
 
 
 def _pool_context() -> mp.context.BaseContext:
@@ -332,9 +342,10 @@ def read_gdc(
 
         def handle(i: int, res: tuple[Any, ...]) -> None:
             if res[0] == "error":
+                err = InputError(res[1], path=res[2], line=res[3])
                 if not lenient:
-                    raise InputError(res[1])
-                problems.add(f"skipped file: {res[1]}")
+                    raise err
+                problems.add(f"skipped file: {err}")
             else:
                 place(i, res[1], res[2])
             bar.update(1)
