@@ -10,7 +10,7 @@ shapes one training step needs:
     forward   h  = x  @ W.T        (B x F) (F x L)
               y  = z  @ W          (B x L) (L x F)
     backward  dz = dy @ W.T        (B x F) (F x L)
-              dW_dec = dy.T @ z    (F x B) (B x L)
+              dW_dec = z.T @ dy    (L x B) (B x F)
               dW_enc = dh.T @ x    (L x B) (B x F)
     (no dx: the input needs no gradient)
 

@@ -287,3 +287,30 @@ def test_cuda_matches_cpu_within_tolerance() -> None:
     assert next(res.model.parameters()).is_cuda
     for p, q in zip(cpu.parameters(), gpu.parameters(), strict=True):
         torch.testing.assert_close(p, q.cpu(), rtol=1e-3, atol=1e-4)
+
+
+def test_checkpoint_every_and_final_checkpoint(tmp_path: Path) -> None:
+    X = toy_profiles(n=16)
+    n = {"calls": 0}
+
+    def loss_dies_in_epoch_4(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n["calls"] += 1
+        if n["calls"] > 3 * 2:  # 2 batches per epoch, no validation
+            raise RuntimeError("node lost")
+        return nn.functional.mse_loss(pred, target)
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        fit_sequential(make_ae(), X, loss_dies_in_epoch_4, optimizer=adam(), epochs=5,
+                       batch_size=8, checkpoint_dir=tmp_path, checkpoint_every=2,
+                       progress=False)
+    state = load_checkpoint(checkpoint_path(tmp_path))
+    assert state["epoch"] == 2 and len(state["history"]["rows"]) == 2  # epoch 3 not saved
+    res = fit_sequential(make_ae(), X, nn.MSELoss(), optimizer=adam(), epochs=5, batch_size=8,
+                         checkpoint_dir=tmp_path, checkpoint_every=2, progress=False)
+    assert load_checkpoint(checkpoint_path(tmp_path))["epoch"] == 5  # the end is always saved
+    assert res.checkpoint == checkpoint_path(tmp_path) and len(res.history) == 5
+    # resume=False starts over and overwrites
+    res = fit_sequential(make_ae(), X, nn.MSELoss(), optimizer=adam(), epochs=1, batch_size=8,
+                         checkpoint_dir=tmp_path, resume=False, progress=False)
+    assert len(res.history) == 1
+    assert load_checkpoint(checkpoint_path(tmp_path))["epoch"] == 1

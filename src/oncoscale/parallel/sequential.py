@@ -138,13 +138,20 @@ def _to_tensor(a: Any, what: str) -> torch.Tensor:
                      f"Dataset, found {type(a).__name__}")
 
 
-def _check_finite(t: torch.Tensor, what: str) -> None:
-    if not t.is_floating_point():
+def _check_finite(t: torch.Tensor, what: str, chunk_elems: int = 1 << 24) -> None:
+    """Raise InputError naming the count and first position of NaN/inf values (checked in
+    row chunks so a cohort-sized matrix needs no full-size boolean copy)."""
+    if not t.is_floating_point() or t.numel() == 0:
         return
-    bad = ~torch.isfinite(t)
-    n_bad = int(bad.sum())
-    if n_bad:
-        first = tuple(int(i) for i in bad.nonzero()[0])
+    rows = max(1, chunk_elems // max(1, t[0].numel()))
+    for start in range(0, t.shape[0], rows):
+        part = t[start:start + rows]
+        if bool(torch.isfinite(part).all()):
+            continue
+        n_bad = sum(int((~torch.isfinite(t[s:s + rows])).sum())
+                    for s in range(start, t.shape[0], rows))
+        first = tuple(int(i) for i in (~torch.isfinite(part)).nonzero()[0])
+        first = (first[0] + start, *first[1:])
         where = f"sample {first[0]}" + (f", feature {first[1]}" if len(first) > 1 else "")
         raise InputError(f"{what}: expected finite values, found {n_bad} NaN/inf "
                          f"(first at {where})")
