@@ -39,28 +39,29 @@ _BLOCK_ELEMENTS = 1 << 22  # about 4 M activations (16-32 MB) per block of nodes
 
 
 def bin_edges(bins: int, dtype: Any = np.float64) -> np.ndarray:
-    """Inner bin edges ``e_k`` (k = 1..B-1) as the largest ``dtype`` numbers <= k/B.
+    """Inner bin edges ``e_k = k/B`` (k = 1..B-1) as the nearest ``dtype`` numbers.
 
-    For any activation ``a`` representable in ``dtype``, ``a <= k/B`` exactly when
-    ``a <= e_k``, so comparisons against these edges place every value in its exact bin.
+    A value ``a`` lies in 0-based bin ``#{k : a > e_k}``: a value that equals an edge as
+    stored in floating point (e.g. the float 0.1 for B = 10) lies in the lower bin, as the
+    definition's closed right ends ((k-1)/B, k/B] say; everything else is placed exactly, with
+    no rounding of ``a * B``. The edges are in the activations' own precision.
     """
     dt = np.dtype(dtype).type
     out = np.empty(bins - 1, dtype=dt)
     for k in range(1, bins):
+        target = Fraction(k, bins)
         e = dt(k / bins)
-        if Fraction(float(e)) > Fraction(k, bins):
-            e = np.nextafter(e, dt(0))
-        out[k - 1] = e
+        cands = (np.nextafter(e, dt(0)), e, np.nextafter(e, dt(1)))
+        out[k - 1] = min(cands, key=lambda c: abs(Fraction(float(c)) - target))
     return out
 
 
 def bin_index(values: Any, bins: int) -> np.ndarray:
-    """0-based ANS bin of each activation in [0, 1], exactly: ``max(ceil(a * B) - 1, 0)``.
+    """0-based ANS bin of each activation in [0, 1]: ``max(ceil(a * B) - 1, 0)``.
 
-    Bin 0 is [0, 1/B]; 0-based bin k >= 1 is (k/B, (k+1)/B]. A value equal to an edge k/B
-    (as far as the float can be) lies in the lower bin. The edges are compared in the values'
-    own precision (float32 stays float32), so there is no rounding of ``a * B``.
-    Returns an int64 array of the same shape as ``values``.
+    Bin 0 is [0, 1/B]; 0-based bin k >= 1 is (k/B, (k+1)/B]. The edges are the floats nearest
+    to k/B in the values' precision (float32 stays float32, see :func:`bin_edges`); a value
+    equal to an edge lies in the lower bin. Returns int64 of the same shape as ``values``.
     """
     arr = np.asarray(values)
     dtype = np.float32 if arr.dtype == np.float32 else np.float64
@@ -313,9 +314,10 @@ def ans(activations: Any, labels: Any, bins: int = 10, *, rescale: bool = False,
         classes must be present. Other encodings (strings, -1/+1) are rejected: map them first.
     bins
         Number B of equal-width bins on [0, 1]. Bin 0 is [0, 1/B]; 0-based bin k >= 1 is
-        (k/B, (k+1)/B], i.e. ``max(ceil(a*B) - 1, 0)`` in exact arithmetic: the values are
-        compared with the largest floats <= k/B (:func:`bin_edges`), so a value on an edge
-        lies in the lower bin and nothing depends on rounding ``a * B``.
+        (k/B, (k+1)/B], i.e. ``max(ceil(a*B) - 1, 0)``: the values are compared with the
+        floats nearest to k/B in their own precision (:func:`bin_edges`), so a value on an
+        edge (e.g. 0.1 for B = 10) lies in the lower bin and nothing depends on rounding
+        ``a * B``.
     rescale
         If True, each node is first min-max scaled to [0, 1] on these samples:
         ``(a - min) / (max - min)``; a constant node becomes all 0. Then activations outside
@@ -372,8 +374,8 @@ def ans(activations: Any, labels: Any, bins: int = 10, *, rescale: bool = False,
       term (``r log q - (1 - r) log(1 - q)``); we use the cross entropy as written in the
       papers and the issue (``+``). Its binary variant, NED, NED0 and NED1 agree with ours.
     - Its bins compare against ``(1/B) * k`` computed in floating point (e.g. 0.1 * 3 =
-      0.30000000000000004); ours are exact. The two differ only for a value within one
-      rounding unit above an edge.
+      0.30000000000000004); ours against the float nearest to k/B (0.3). The two differ
+      only for a value within one rounding unit of an edge.
 
     Raises
     ------
