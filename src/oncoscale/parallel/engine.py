@@ -316,7 +316,9 @@ class _Engine:
                             bucket_cap_mb=self.bucket_cap_mb, compressor=self.compressor,
                             late=late) if self.R > 1 else None
         runtime = StageRuntime(stage, lay, in_meta, out_meta, self.device, self.loss_fn, sync)
-        opt = seq._make_optimizer(self.optimizer, stage)
+        # a stage may hold no parameters (e.g. an activation alone); it has no optimizer
+        opt = seq._make_optimizer(self.optimizer, stage) if any(
+            p.requires_grad for p in stage.parameters()) else _NoOptimizer()
 
         # resume -------------------------------------------------------------------------
         every = self.checkpoint_every or steps_per_epoch
@@ -513,6 +515,22 @@ class _Engine:
         t = torch.tensor([value], dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t.item())
+
+
+class _NoOptimizer:
+    """Stand-in optimizer of a stage without parameters."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        return None
+
+    def step(self) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
 
 
 def _order(model: nn.Module) -> Callable[[int], int]:
