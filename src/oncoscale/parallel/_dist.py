@@ -29,8 +29,19 @@ class WorldInfo:
     comm_world: Any = None  # an oncoscale.comm World when that layer is in use
 
 
+def launched_size() -> int:
+    """World size a launcher (torchrun, mpiexec, srun) gave this process; 1 when none."""
+    if dist.is_initialized():
+        return dist.get_world_size()
+    try:
+        from oncoscale.comm import discover
+    except ImportError:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    return int(discover().size)
+
+
 def _launched() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or dist.is_initialized()
+    return launched_size() > 1
 
 
 def _init_torchelastic_restart(timeout_s: float) -> None:
@@ -64,7 +75,15 @@ def init_world(backend: str = "auto", timeout_s: float = 600.0) -> WorldInfo:
     except ImportError:
         comm_init = None
     if comm_init is not None:
-        world = comm_init(backend=backend)
+        # point-to-point activations and bucketed allreduces run on torch.distributed, so
+        # the engine asks for the torch backend (it rendezvouses under mpiexec/srun too)
+        if backend not in ("auto", "torch"):
+            from oncoscale.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"the parallel engine runs on torch.distributed (backend 'torch' or 'auto'), "
+                f"found backend={backend!r}; launch with mpiexec and keep backend='auto'")
+        world = comm_init(backend="torch")
         device = getattr(world, "device", None) or _default_device(world.local_rank)
         return WorldInfo(world.rank, world.size, world.local_rank, torch.device(device), world)
     if not _launched():

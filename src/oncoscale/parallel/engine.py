@@ -171,7 +171,7 @@ def fit(model: nn.Module, data: Any, loss_fn: Callable[[Any, Any], torch.Tensor]
     """
     if schedule not in SCHEDULES:
         raise ConfigurationError(f"schedule must be one of {SCHEDULES}, found {schedule!r}")
-    world_size_env = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size_env = _dist.launched_size()
     launched = world_size_env > 1 or dist.is_initialized()
     P, R = resolve_layout(strategy, world_size_env if launched else 1, num_partitions,
                           num_replicas)
