@@ -25,8 +25,8 @@ __all__ = [
 _LAZY = {
     "ans_adata": "oncoscale.saliency.adata",
     "compare_adata": "oncoscale.saliency.adata",
-    "compare": "oncoscale.saliency.compare",
-    "ComparisonResult": "oncoscale.saliency.compare",
+    "compare": "oncoscale.saliency.comparison",
+    "ComparisonResult": "oncoscale.saliency.comparison",
     "plot_node_histograms": "oncoscale.saliency.plots",
     "plot_saliency_curves": "oncoscale.saliency.plots",
     "plot_comparison": "oncoscale.saliency.plots",

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from oncoscale.errors import InputError
-from oncoscale.saliency.compare import ComparisonResult, compare
+from oncoscale.saliency.comparison import ComparisonResult, compare
 from oncoscale.saliency.measures import ans
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -23,7 +23,7 @@ from oncoscale.saliency.measures import ans, ans_histograms
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from oncoscale.saliency.compare import ComparisonResult
+    from oncoscale.saliency.comparison import ComparisonResult
 
 __all__ = ["plot_node_histograms", "plot_saliency_curves", "plot_comparison",
            "figure_to_png", "figure_to_base64", "figure_to_data_uri"]
