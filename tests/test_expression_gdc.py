@@ -216,6 +216,22 @@ def test_folder_input_and_flat_layout(copy: SyntheticGDCProject, tmp_path: Path)
     shutil.copy(copy.sample_sheet, copy.root / "gdc_sample_sheet.other.tsv")
     with pytest.raises(InputError, match="2 sample sheets"):
         read_gdc(copy.root, progress=False)
+    with pytest.raises(InputError, match="no GDC sample sheet"):
+        read_gdc(flat, progress=False)
+
+
+def test_other_data_types_and_versions_ignored(copy: SyntheticGDCProject) -> None:
+    before = read_gdc(copy.sample_sheet, progress=False, n_jobs=1)
+    with open(copy.sample_sheet, "a") as fh:  # a clinical file in the same cart
+        fh.write("c0ffee00-0000-4000-8000-000000000000\tnationwidechildrens.org_clinical.xml"
+                 "\tClinical\tClinical Supplement\tTCGA-BRCA\tTCGA-A7-A0CE\tTCGA-A7-A0CE-01A"
+                 "\tTumor\tPrimary\tSolid Tissue\tUnknown\n")
+    # another GENCODE release: same genes, other versions -> still the same gene set
+    _rewrite(file_of(copy, 1), lambda ls: ls[:6] + [
+        ln.replace(".", ".9", 1) if ln.startswith("ENSG") else ln for ln in ls[6:]])
+    after = read_gdc(copy.sample_sheet, progress=False, n_jobs=1)
+    np.testing.assert_array_equal(before.X, after.X)
+    assert after.uns["oncoscale_gdc"]["n_other_data_types"] == 1
 
 
 def test_cache_reuse_and_invalidation(copy: SyntheticGDCProject, tmp_path: Path,
