@@ -402,7 +402,8 @@ def make_synthetic_project(
         Show a progress bar (tqdm) while writing files.
     reuse
         If ``out_dir`` already holds a complete project written with the same arguments
-        (a manifest with the same parameters and the sample sheet exist), do not rewrite it.
+        (a manifest with the same parameters, the sample sheet and every data file exist),
+        do not rewrite it.
 
     Returns
     -------
@@ -492,7 +493,9 @@ def make_synthetic_project(
     manifest = root / _MANIFEST
     if reuse and sheet.is_file() and manifest.is_file():
         try:
-            if json.loads(manifest.read_text()) == params:
+            if json.loads(manifest.read_text()) == params and all(
+                    (data_dir / r.file_id / r.file_name).is_file()
+                    for r in samples.itertuples()):
                 return project_obj
         except (OSError, ValueError):
             pass

@@ -169,7 +169,8 @@ def read_gdc(
         (and line). Lenient: bad sample-sheet rows (malformed barcode, several samples in
         one row - the first is kept), files that are missing, unreadable, truncated or hold
         NaN/negative values are skipped; genes not present in every file are dropped (the
-        gene set becomes the intersection). Each problem is reported with
+        gene set becomes the intersection; that needs one temporary copy of the matrix).
+        Each problem is reported with
         :func:`warnings.warn` (the first 20) and a summary warning; the list is stored in
         ``adata.uns["oncoscale_gdc"]["skipped"]``. Duplicate gene ids in the first file
         are always an error.
@@ -221,13 +222,13 @@ def read_gdc(
     else:
         raise InputError("sample sheet or folder does not exist", path=src)
     if data_dir is None:
-        ddir = sheet_path.parent
-        if (ddir / "data").is_dir():
-            ddir = ddir / "data"
+        search = [sheet_path.parent / "data", sheet_path.parent]
+        search = [d for d in search if d.is_dir()]
     else:
-        ddir = Path(data_dir)
-        if not ddir.is_dir():
-            raise InputError("data folder does not exist", path=ddir)
+        search = [Path(data_dir)]
+        if not search[0].is_dir():
+            raise InputError("data folder does not exist", path=search[0])
+    ddir = search[0]
 
     problems = _Problems()
     sheet = read_sample_sheet(sheet_path, lenient=lenient)
@@ -254,7 +255,11 @@ def read_gdc(
     keep_rows: list[int] = []
     missing: list[tuple[int, str]] = []
     for i, r in enumerate(sheet.itertuples()):
-        p = _locate(ddir, str(r.file_id), str(r.file_name))
+        p = None
+        for d in search:
+            p = _locate(d, str(r.file_id), str(r.file_name))
+            if p is not None:
+                break
         if p is None:
             missing.append((int(r.line), str(r.file_name)))
             continue
@@ -262,14 +267,15 @@ def read_gdc(
         keep_rows.append(i)
     if missing:
         line, name = missing[0]
-        where = f"{ddir}/<File ID>/{name}' or '{ddir}/{name}"
+        where = "' or '".join(f"{d}/<File ID>/{name}' or '{d}/{name}" for d in search)
         more = f" ({len(missing) - 1} more listed files are missing too)" if len(missing) > 1 \
             else ""
         msg = f"listed file {name!r} not found (looked for '{where}'){more}"
         if not lenient:
             raise InputError(msg, path=sheet_path, line=line)
         for line, name in missing:
-            problems.add(f"{sheet_path}, line {line}: listed file {name!r} not found in {ddir}")
+            problems.add(f"{sheet_path}, line {line}: listed file {name!r} not found in "
+                         f"{' or '.join(map(str, search))}")
     sheet = sheet.iloc[keep_rows].reset_index(drop=True)
     if len(paths) == 0:
         raise InputError("no expression files to read (the sample sheet lists none that "
