@@ -106,6 +106,30 @@ def test_process_pool_matches_serial(project: SyntheticGDCProject) -> None:
     assert (a.obs_names == b.obs_names).all()
 
 
+def test_broken_pool_falls_back_to_serial(project: SyntheticGDCProject,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    class Broken:
+        def __init__(self, *a, **k) -> None:
+            self.n = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+        def submit(self, fn, *args):
+            raise BrokenProcessPool("workers could not start")
+
+    serial = read_gdc(project.sample_sheet, progress=False, n_jobs=1)
+    monkeypatch.setattr(gdc_mod, "ProcessPoolExecutor", Broken)
+    with pytest.warns(RuntimeWarning, match="reading the remaining files in this process"):
+        a = read_gdc(project.sample_sheet, progress=False, n_jobs=2)
+    np.testing.assert_array_equal(a.X, serial.X)
+
+
 def test_missing_file_strict_and_lenient(copy: SyntheticGDCProject) -> None:
     victim = file_of(copy, 4)
     victim.unlink()

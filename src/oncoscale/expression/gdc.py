@@ -16,6 +16,7 @@ import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +180,13 @@ def read_gdc(
         files (names, sizes, modification times), ``value`` and ``lenient``, it is loaded
         instead; otherwise the result is written there atomically (temporary file + rename).
     n_jobs
-        Worker processes parsing files (1: parse in this process). Files are parsed in
-        parallel, copied into the matrix in sample-sheet order.
+        Worker processes parsing files (1: parse in this process; -1: one per CPU). Files
+        are parsed in parallel and copied into the matrix in sample-sheet order. Workers
+        start with the ``forkserver`` method (safe when the caller already runs threads,
+        e.g. torch), so a script must call ``read_gdc`` under
+        ``if __name__ == "__main__":``; if the pool cannot start, the remaining files are
+        read in this process with a warning. Fewer than 17 files are always read in this
+        process.
     progress
         Show a progress bar (tqdm).
 
@@ -356,28 +362,36 @@ def read_gdc(
                 place(i, res[1], res[2])
             bar.update(1)
 
-        if n_jobs == 1 or len(todo) < 16:
-            for i in todo:
-                handle(i, _parse_worker(str(paths[i]), value, fmt))
-        else:
+        next_i = todo.start  # files before next_i are placed or skipped
+        if n_jobs > 1 and len(todo) >= 16:
             window = 4 * n_jobs
-            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=_pool_context()) as ex:
-                pending: deque[tuple[int, Future[tuple[Any, ...]]]] = deque()
-                it = iter(todo)
-                try:
-                    for i in it:
-                        pending.append((i, ex.submit(_parse_worker, str(paths[i]), value,
-                                                     fmt)))
-                        if len(pending) >= window:
+            try:
+                with ProcessPoolExecutor(max_workers=n_jobs, mp_context=_pool_context()) as ex:
+                    pending: deque[tuple[int, Future[tuple[Any, ...]]]] = deque()
+                    try:
+                        for i in todo:
+                            pending.append((i, ex.submit(_parse_worker, str(paths[i]), value,
+                                                         fmt)))
+                            if len(pending) >= window:
+                                j, fut = pending.popleft()
+                                handle(j, fut.result())
+                                next_i = j + 1
+                        while pending:
                             j, fut = pending.popleft()
                             handle(j, fut.result())
-                    while pending:
-                        j, fut = pending.popleft()
-                        handle(j, fut.result())
-                except BaseException:
-                    for _, fut in pending:
-                        fut.cancel()
-                    raise
+                            next_i = j + 1
+                    except BaseException:
+                        for _, fut in pending:
+                            fut.cancel()
+                        raise
+            except BrokenProcessPool as e:
+                warnings.warn(
+                    f"read_gdc: the reader process pool failed ({e}); reading the remaining "
+                    "files in this process. In a script, start the work under "
+                    "`if __name__ == '__main__':` so worker processes can start, or pass "
+                    "n_jobs=1.", RuntimeWarning, stacklevel=2)
+        for i in range(next_i, todo.stop):
+            handle(i, _parse_worker(str(paths[i]), value, fmt))
     finally:
         bar.close()
 
