@@ -12,6 +12,7 @@ over nodes. Blocks may run on several threads (numpy releases the GIL).
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
@@ -46,6 +47,12 @@ def bin_edges(bins: int, dtype: Any = np.float64) -> np.ndarray:
     definition's closed right ends ((k-1)/B, k/B] say; everything else is placed exactly, with
     no rounding of ``a * B``. The edges are in the activations' own precision.
     """
+    return _bin_edges(int(bins), np.dtype(dtype).name).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _bin_edges(bins: int, dtype: str) -> np.ndarray:
+    """Cached worker of :func:`bin_edges`."""
     dt = np.dtype(dtype).type
     out = np.empty(bins - 1, dtype=dt)
     for k in range(1, bins):
@@ -200,14 +207,13 @@ def _block(A: np.ndarray, start: int, stop: int, lab: np.ndarray, bins: int,
     del X
     keys |= lab.astype(itype)
     keys.sort(axis=1)
-    lab_sorted = np.empty(keys.shape, dtype=np.int8)
-    np.bitwise_and(keys, 1, out=lab_sorted, casting="unsafe")
-    c1 = np.cumsum(lab_sorted, axis=1, dtype=np.int32)  # class-1 samples at or before position
-    del lab_sorted
+    c1 = np.empty(keys.shape, dtype=np.int32)
+    np.bitwise_and(keys, 1, out=c1, casting="unsafe")  # labels in sorted order
+    np.cumsum(c1, axis=1, out=c1)  # class-1 samples at or before each position
     rows = np.arange(nb)
 
     # -- histograms: positions of the exact bin edges in the sorted activations ----------------
-    edge_keys = (bin_edges(bins, np.float32 if itype is np.int32 else np.float64)
+    edge_keys = (_bin_edges(bins, "float32" if itype is np.int32 else "float64")
                  .view(itype).astype(itype) << 1) | 1
     cuts = np.zeros((nb, bins + 1), dtype=np.int64)
     cuts[:, 1:bins] = _count_le(keys, edge_keys)
