@@ -19,6 +19,7 @@ Run directory layout::
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -237,7 +238,8 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, list[str]]:
         payload = torch.load(path, map_location="cpu", weights_only=False)
         model = Autoencoder(payload["n_inputs"], payload["n_latent"])
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, RuntimeError, EOFError, OSError) as exc:
+    except (KeyError, TypeError, RuntimeError, EOFError, OSError,
+            pickle.UnpicklingError) as exc:
         raise InputError(f"not an oncoscale autoencoder file ({exc})", path=path) from exc
     model.eval()
     return model, list(payload["genes"])
