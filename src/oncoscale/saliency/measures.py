@@ -207,7 +207,8 @@ def _block(A: np.ndarray, start: int, stop: int, lab: np.ndarray, bins: int,
     del X
     keys |= lab.astype(itype)
     keys.sort(axis=1)
-    c1 = np.empty(keys.shape, dtype=np.int32)
+    ctype = np.int32 if n < 2**30 else np.int64  # counts and d = (p + 1) - 2 c1 must fit
+    c1 = np.empty(keys.shape, dtype=ctype)
     np.bitwise_and(keys, 1, out=c1, casting="unsafe")  # labels in sorted order
     np.cumsum(c1, axis=1, out=c1)  # class-1 samples at or before each position
     rows = np.arange(nb)
@@ -252,8 +253,8 @@ def _block(A: np.ndarray, start: int, stop: int, lab: np.ndarray, bins: int,
     # may not split equal values, so positions inside a group of ties are excluded.
     d = c1
     d *= -2
-    d += np.arange(1, n + 1, dtype=np.int32)
-    big = np.int32(n + 1)
+    d += np.arange(1, n + 1, dtype=ctype)
+    big = ctype(n + 1)
     d[t_row, t_col] = big
     arg_lo = d.argmin(axis=1)
     d[t_row, t_col] = -big
