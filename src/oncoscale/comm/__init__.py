@@ -13,12 +13,26 @@ from oncoscale.comm.collectives import (
     sparse_allgather,
     sparse_allreduce,
 )
+from oncoscale.comm.compress import (
+    QSGD,
+    Compose,
+    Compressor,
+    ErrorFeedback,
+    GradientCompression,
+    NoCompression,
+    RandomK,
+    Threshold,
+    TopK,
+)
 from oncoscale.comm.costmodel import ALGORITHMS, CostModel, calibrated
+from oncoscale.comm.ddp import DDPCompressionState, ddp_comm_hook
 from oncoscale.comm.quant import CastCodec, QSGDCodec, ValueCodec, get_codec
 from oncoscale.comm.sparse import SparseVector, merge, prefers_dense
 from oncoscale.comm.world import Group, Layout, World, default_world, init
 
 __all__ = [
+    "QSGD", "Compose", "Compressor", "DDPCompressionState", "ErrorFeedback",
+    "GradientCompression", "NoCompression", "RandomK", "Threshold", "TopK", "ddp_comm_hook",
     "ALGORITHMS", "CastCodec", "CommStats", "CostModel", "Group", "LaunchInfo", "Layout",
     "QSGDCodec", "SparseVector", "ValueCodec", "Work", "World", "calibrated",
     "choose_algorithm", "default_world", "discover", "get_codec", "init", "last_algorithm",

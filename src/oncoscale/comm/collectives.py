@@ -48,7 +48,7 @@ from oncoscale.comm.sparse import (
     prefers_dense,
 )
 from oncoscale.comm.world import Group, resolve_group
-from oncoscale.errors import ConfigurationError, InputError
+from oncoscale.errors import CommunicationError, ConfigurationError, InputError
 
 _DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 _ALGO_CODE = {name: i for i, name in enumerate(("auto", *ALGORITHMS))}
@@ -358,10 +358,16 @@ def _on_comm_thread() -> bool:
 
 
 def _launch(g: Group, fn: Callable[[], Any], what: str, async_op: bool) -> Any:
+    def named() -> Any:
+        try:
+            return fn()
+        except CommunicationError as exc:
+            raise CommunicationError(f"rank {g.world.rank}: {what} failed: {exc}") from exc
+
     if _on_comm_thread():
-        result = fn()
+        result = named()
         return DoneWork(result) if async_op else result
-    work = g.world.submit(fn, what)
+    work = g.world.submit(named, what)
     return work if async_op else work.wait()
 
 
