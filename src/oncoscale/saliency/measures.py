@@ -203,8 +203,9 @@ def _block(A: np.ndarray, start: int, stop: int, lab: np.ndarray, bins: int,
     # Activations are >= 0, so their IEEE bits order like the values; the sign bit is free and
     # the shift drops it (-0.0 and 0.0 both give key 0).
     itype = np.int32 if X.dtype == np.float32 else np.int64
-    keys = X.view(itype) << 1
+    keys = X.view(itype)  # X is this block's own copy: turn it into keys in place
     del X
+    keys <<= 1
     keys |= lab.astype(itype)
     keys.sort(axis=1)
     ctype = np.int32 if n < 2**30 else np.int64  # counts and d = (p + 1) - 2 c1 must fit
