@@ -76,9 +76,8 @@ def reference_ans(A: np.ndarray, L: np.ndarray, B: int, dtype=np.float64) -> pd.
         u = float(((x1[:, None] > x0[None, :]) + 0.5 * (x1[:, None] == x0[None, :])).sum())
         values = sorted(set(x))
         best = -1.0
-        for i, v in enumerate(values):  # every threshold between two distinct values
-            t = (v + values[i + 1]) / 2 if i + 1 < len(values) else v
-            acc1 = float(((xa > t) == (lab == 1)).mean())
+        for v in values:  # every split "a <= v | a > v" between two distinct values
+            acc1 = float(((xa > v) == (lab == 1)).mean())
             best = max(best, acc1, 1 - acc1)
         rows.append({
             "n_occupied": sum(t > 0 for t in tot), "ned": ned, "ned0": ned0, "ned1": ned1,
@@ -212,7 +211,8 @@ def test_bin_edges_are_the_nearest_floats_and_edge_values_go_down():
 # Properties (hypothesis)
 # ---------------------------------------------------------------------------------------------
 
-_EDGY = st.sampled_from([0.0, 0.1, 0.2, 0.25, 0.3, 0.5, 0.6, 0.7, 0.75, 0.9, 1.0, 1e-300])
+_EDGY = st.sampled_from([0.0, 0.1, 0.2, 0.25, 0.3, 0.5, 0.6, 0.7, 0.75, 0.9, 1.0, 1e-300,
+                         1.0 - 2.0**-53, float(np.nextafter(0.5, 1.0))])  # adjacent floats
 
 
 @st.composite
@@ -317,6 +317,16 @@ def test_blocks_threads_and_float32_agree(problem):
     assert_matches_reference(f32, reference_ans(A32, L, B, np.float32), mean_rtol=1e-5)
     for col in ("auc", "threshold_accuracy", "best_threshold", "threshold_above_class"):
         np.testing.assert_array_equal(f32[col], base[col], err_msg=col)
+
+
+def test_threshold_between_adjacent_floats():
+    # 1 - 2**-53 and 1.0 are adjacent float64 numbers: their midpoint rounds to 1.0, which
+    # would put the 1.0 samples below the threshold. The threshold must stay below 1.0.
+    below = 1.0 - 2.0**-53
+    A = np.array([[below], [below], [1.0], [1.0]])
+    df = ans(A, [0, 0, 1, 1])
+    t = df.loc[0, "best_threshold"]
+    assert below <= t < 1.0 and df.loc[0, "threshold_accuracy"] == 1.0
 
 
 def test_class_balanced_equals_counts_when_classes_are_equal_and_differs_otherwise():

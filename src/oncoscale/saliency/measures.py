@@ -268,7 +268,10 @@ def _block(A: np.ndarray, start: int, stop: int, lab: np.ndarray, bins: int,
     fdt = np.float32 if itype is np.int32 else np.float64
     k_a = (keys[rows, pos] >> 1).astype(itype).view(fdt).astype(np.float64)
     k_b = (keys[rows, nxt] >> 1).astype(itype).view(fdt).astype(np.float64)
-    thr = np.where(pos < n - 1, 0.5 * (k_a + k_b), k_a)
+    mid = 0.5 * (k_a + k_b)
+    # between two adjacent floats the midpoint rounds to one of them; never onto the upper one
+    mid = np.where(mid < k_b, mid, k_a)
+    thr = np.where(pos < n - 1, mid, k_a)
     out["best_threshold"] = lo + thr * span  # in the units of the input activations
     out["threshold_above_class"] = above1.astype(np.int8)
     out["threshold_accuracy"] = np.where(above1, acc_hi, acc_lo)
