@@ -372,7 +372,8 @@ def ans(activations: Any, labels: Any, bins: int = 10, *, rescale: bool = False,
         - ``best_threshold``, ``threshold_above_class``, ``threshold_accuracy``: the single
           threshold t (midway between two consecutive distinct activations) whose rule
           "a > t is class ``threshold_above_class``, else the other class" has the highest
-          accuracy on these samples (ties: the smallest t).
+          accuracy on these samples (ties: the smallest t). In input units; with
+          ``rescale=True`` it is mapped back from the rescaled values (exact up to rounding).
         - ``rank_sns_binary``, ``rank_sns_increasing``: 1 = lowest SNS (ties keep node order).
 
         ``df.attrs`` holds ``bins``, ``n0``, ``n1``, ``rescale``, ``class_balanced``.
@@ -387,6 +388,11 @@ def ans(activations: Any, labels: Any, bins: int = 10, *, rescale: bool = False,
     - Its bins compare against ``(1/B) * k`` computed in floating point (e.g. 0.1 * 3 =
       0.30000000000000004); ours against the float nearest to k/B (0.3). The two differ
       only for a value within one rounding unit of an edge.
+
+    Examples
+    --------
+    >>> table = ans(latent, is_tumour)                 # latent: (samples, nodes) in [0, 1]
+    >>> table.nsmallest(5, "sns_binary")[["sns_binary", "auc", "threshold_accuracy"]]
 
     Raises
     ------
