@@ -170,7 +170,7 @@ class SparseVector:
         if self.is_dense:
             return self.values.to_sparse()
         return torch.sparse_coo_tensor(self.indices.unsqueeze(0), self.values, (self.size,),
-                                       is_coalesced=True)
+                                       is_coalesced=True, check_invariants=False)
 
     # -- arithmetic -------------------------------------------------------------------------
     def add(self, other: SparseVector) -> SparseVector:
