@@ -200,8 +200,19 @@ class Evaluator:
         from oncoscale.nas.data import to_tensor
 
         if self._tensors is None:
+            import sklearn.metrics  # noqa: F401  (import once here, not inside a timed task)
             import torch
 
+            import oncoscale.models.genome_net  # noqa: F401
+            import oncoscale.nas.genome  # noqa: F401
+
+            # warm-up: the first optimiser step imports torch internals lazily (seconds on a
+            # busy machine); pay that here, not inside the first candidate's time budget
+            warm = torch.nn.Conv2d(3, 2, 3)
+            for name in ("adam", "sgd"):
+                opt = make_optimizer(name, warm.parameters(), 1e-3)
+                warm(torch.zeros(2, 3, 5, 5)).sum().backward()
+                opt.step()
             d = self.data
             self._tensors = (to_tensor(d.x_train, d.mean, d.std), torch.from_numpy(d.y_train),
                              to_tensor(d.x_val, d.mean, d.std), torch.from_numpy(d.y_val))

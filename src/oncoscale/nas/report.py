@@ -5,6 +5,7 @@
     pareto.png                        accuracy vs latency, front joined, baselines marked
     net_<id>/model.pt                 TorchScript (traced, eval mode), input (B, 3, H, W)
     net_<id>/model.onnx               ONNX (opset 17, dynamic batch), same input
+    net_<id>/model.pt2                torch.export program (torch.export.load), batch of 2
     net_<id>/model_card.md / .json    genome, metrics, data, budget, preprocessing
     report.json                       what was exported
 """
@@ -117,18 +118,28 @@ def export_network(run_dir: str | os.PathLike[str], cand_id: int,
     example = torch.randn(2, *input_shape)
     with torch.inference_mode():
         ref = net(example)
-    # TorchScript
-    traced = torch.jit.trace(net, example, check_trace=False)
-    with atomic_path(out_dir / "model.pt") as tmp:
-        traced.save(str(tmp))
-    with torch.inference_mode():
-        ts_out = torch.jit.load(str(out_dir / "model.pt"))(example)
+    # TorchScript (deprecated in recent torch but still the format most serving stacks load)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(net, example, check_trace=False)
+        with atomic_path(out_dir / "model.pt") as tmp:
+            traced.save(str(tmp))
+        with torch.inference_mode():
+            ts_out = torch.jit.load(str(out_dir / "model.pt"))(example)
     ts_err = float((ts_out - ref).abs().max())
+    # torch.export program (the successor of TorchScript), best effort
+    pt2: dict[str, Any] = {"path": "model.pt2"}
+    try:
+        ep = torch.export.export(net, (example,))
+        with atomic_path(out_dir / "model.pt2") as tmp:
+            torch.export.save(ep, str(tmp))
+    except Exception as exc:
+        pt2 = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     # ONNX (TorchScript-based exporter: works offline without onnxscript)
     onnx_info: dict[str, Any] = {"path": "model.onnx"}
     try:
-        import warnings
-
         import onnx
 
         with atomic_path(out_dir / "model.onnx") as tmp, warnings.catch_warnings():
@@ -170,7 +181,7 @@ def export_network(run_dir: str | os.PathLike[str], cand_id: int,
         "search": cfg["search"],
         "repairs": c.get("repairs", []),
         "export": {"torchscript": {"path": "model.pt", "max_abs_diff": ts_err},
-                   "onnx": onnx_info},
+                   "onnx": onnx_info, "torch_export": pt2},
     }
     atomic_write_text(out_dir / "model_card.json", json.dumps(card, indent=2))
     atomic_write_text(out_dir / "model_card.md", _card_markdown(card, info))
@@ -227,6 +238,7 @@ Head: {card['genome']['h']} (hidden units, dropout). Training genes (lr, batch, 
 ## Files
 - `model.pt`: TorchScript (max abs difference to eager {ts_diff:.2e})
 - `model.onnx`: {json.dumps(card['export']['onnx'])}
+- `model.pt2`: torch.export program, {json.dumps(card['export']['torch_export'])}
 
 Synthetic or small-budget results are not clinical evidence; validate on your own data.
 """

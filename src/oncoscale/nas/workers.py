@@ -116,6 +116,7 @@ def _worker_main(conn: Connection, evaluator: EvaluateFn, threads: int) -> None:
     setup = getattr(evaluator, "setup", None)
     if setup is not None:
         setup()
+    conn.send("ready")  # the master starts the task clock from here
     while True:
         try:
             task = conn.recv()
@@ -134,6 +135,7 @@ class _Slot:
     conn: Connection
     task: Task | None = None
     started: float = 0.0
+    ready: bool = False
 
 
 class ProcessPool:
@@ -187,6 +189,7 @@ class ProcessPool:
         slot.proc.join(timeout=5)
         new = self._spawn()
         slot.name, slot.proc, slot.conn, slot.task = new.name, new.proc, new.conn, None
+        slot.ready = False
 
     def wait(self, timeout: float) -> list[Event]:
         events: list[Event] = []
@@ -194,27 +197,32 @@ class ProcessPool:
         if not busy:
             return events
         limit = timeout
-        if self.timeout_s is not None:
+        clocked = [s for s in busy if s.ready]
+        if self.timeout_s is not None and clocked:
             now = time.monotonic()
-            limit = min(limit, max(0.0, min(s.started + self.timeout_s - now for s in busy)))
+            limit = min(limit, max(0.0, min(s.started + self.timeout_s - now for s in clocked)))
         handles: list[Any] = [s.conn for s in busy] + [s.proc.sentinel for s in busy]
         ready = set(wait(handles, timeout=limit))
         for s in busy:
             assert s.task is not None
             if s.conn in ready:
                 try:
-                    cand_id, result = s.conn.recv()
+                    msg = s.conn.recv()
                 except (EOFError, OSError):
                     events.append(Died(s.task, s.name, "connection lost"))
                     self._replace(s)
                     continue
+                if msg == "ready":  # start-up (torch import, data setup) is not task time
+                    s.ready, s.started = True, time.monotonic()
+                    continue
+                _cand_id, result = msg
                 events.append(Done(s.task, result, s.name))
                 s.task = None
             elif s.proc.sentinel in ready or not s.proc.is_alive():
                 s.proc.join(timeout=1)
                 events.append(Died(s.task, s.name, f"exit code {s.proc.exitcode}"))
                 self._replace(s)
-            elif self.timeout_s is not None and \
+            elif self.timeout_s is not None and s.ready and \
                     time.monotonic() - s.started > self.timeout_s:
                 res = EvalResult(STATUS_FAILED, reason=f"timeout: no result after "
                                  f"{self.timeout_s:g} s, worker killed",
