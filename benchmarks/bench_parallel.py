@@ -37,34 +37,6 @@ def _current_rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-class PeakMemory:
-    """Peak resident memory while a block runs, sampled every 2 ms by a thread (MB).
-
-    ``peak_mb`` is the peak of the process; ``delta_mb`` the peak above the level at entry,
-    i.e. what this configuration added on top of torch and earlier runs.
-    """
-
-    def __enter__(self):
-        import threading
-
-        self.base = self.peak = _current_rss_mb()
-        self._stop = threading.Event()
-
-        def sample():
-            while not self._stop.wait(0.002):
-                self.peak = max(self.peak, _current_rss_mb())
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _current_rss_mb())
-        self.peak_mb, self.delta_mb = self.peak, self.peak - self.base
-
-
 def _mlp(width: int, depth: int):
     from torch import nn
 
@@ -214,7 +186,20 @@ def run_resnet_memory(cfg) -> dict:
             "boundaries": res.plan.boundaries if res.plan else None}
 
 
+JOBS = {
+    "ddp": (run_ddp, {}),
+    "ours data": (run_ours, {"strategy": "data"}),
+    "ours model gpipe": (run_ours, {"strategy": "model", "schedule": "gpipe"}),
+    "ours model 1f1b": (run_ours, {"strategy": "model", "schedule": "1f1b"}),
+    "torch.pipelining gpipe": (run_torch_pipelining, {"schedule": "gpipe"}),
+    "torch.pipelining 1f1b": (run_torch_pipelining, {"schedule": "1f1b"}),
+    "ours hybrid 2x2 1f1b": (run_ours, {"strategy": "hybrid", "num_partitions": 2,
+                                        "num_replicas": 2, "schedule": "1f1b"}),
+}
+
+
 def worker(cfg: dict, out_dir: Path) -> None:
+    """One configuration in a fresh set of processes, so peak memory is its own."""
     import torch
 
     torch.set_num_threads(1)
@@ -222,45 +207,33 @@ def worker(cfg: dict, out_dir: Path) -> None:
 
     from oncoscale.comm import init
 
-    init()
+    world = init()
     r, W = dist.get_rank(), dist.get_world_size()
-    rows = []
+    import oncoscale.parallel.engine  # noqa: F401 - imports (pandas, ...) are not the config's
+    import oncoscale.parallel.sequential  # noqa: F401
 
-    def record(name, fn, *args, **kw):
-        dist.barrier()
-        import gc
-
-        gc.collect()
-        try:
-            with PeakMemory() as mem:
-                row = fn(cfg, *args, **kw)
-            row.update(peak_rss_mb=mem.peak_mb, added_rss_mb=mem.delta_mb)
-        except Exception as exc:  # noqa: BLE001 - report what a baseline cannot run
-            row = {"error": f"{type(exc).__name__}: {exc}"[:200]}
-        rows.append({"name": name, "world": W, "rank": r, **row})
-        return row
-
-    if cfg["job"] == "throughput":
-        record("ddp", run_ddp)
-        record("ours data", run_ours, strategy="data")
-        if W == 2:
-            # same boundaries for both engines: ours balanced them, torch's stages reuse them
-            for _rep in range(cfg["repeats"]):
-                for sched in ("gpipe", "1f1b"):
-                    ours = record(f"ours model {sched}", run_ours, strategy="model",
-                                  micro_batches=cfg["micro"], schedule=sched)
-                    record(f"torch.pipelining {sched}", run_torch_pipelining, sched,
-                           ours["boundaries"])
-        if W == 4:
-            record("ours hybrid 2x2 1f1b", run_ours, strategy="hybrid", num_partitions=2,
-                   num_replicas=2, micro_batches=cfg["micro"], schedule="1f1b")
-            record("ours model P4 1f1b", run_ours, strategy="model",
-                   micro_batches=cfg["micro"], schedule="1f1b")
-    else:
-        record(f"resnet-{cfg['resnet_depth']} model P{W}", run_resnet_memory)
-    (out_dir / f"rank{r}.json").write_text(json.dumps(rows))
+    base = _current_rss_mb()  # interpreter, torch, comm layer, oncoscale and pandas
     dist.barrier()
-    dist.destroy_process_group()
+    name = cfg["job"]
+    try:
+        if name.startswith("resnet"):
+            row = run_resnet_memory(cfg)
+        else:
+            fn, kw = JOBS[name]
+            kw = dict(kw)
+            if fn is run_ours and kw["strategy"] != "data":
+                kw["micro_batches"] = cfg["micro"]
+            if fn is run_torch_pipelining:
+                row = fn(cfg, kw["schedule"], cfg["boundaries"])
+            else:
+                row = fn(cfg, **kw)
+        row.update(peak_rss_mb=_rss_mb(), added_rss_mb=_rss_mb() - base)
+    except Exception as exc:  # noqa: BLE001 - report what a baseline cannot run
+        row = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    (out_dir / f"rank{r}.json").write_text(json.dumps([{"name": name, "world": W, "rank": r,
+                                                         **row}]))
+    dist.barrier()
+    world.shutdown()
 
 
 # ----------------------------------------------------------------------------- driver
@@ -272,9 +245,13 @@ def launch(cfg: dict, nproc: int, out_dir: Path) -> list[dict]:
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone",
            f"--nproc-per-node={nproc}", str(HERE), "--worker", json.dumps(cfg), str(out_dir)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    complete = all((out_dir / f"rank{r}.json").exists() for r in range(nproc))
     if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-        raise SystemExit(f"benchmark launch with {nproc} ranks failed")
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-3000:])
+        if not complete:
+            raise SystemExit(f"benchmark launch of {cfg['job']!r} on {nproc} ranks failed")
+        print(f"warning: {cfg['job']!r} on {nproc} ranks wrote its results but exited with "
+              f"{proc.returncode}", file=sys.stderr)
     rows = []
     for r in range(nproc):
         rows += json.loads((out_dir / f"rank{r}.json").read_text())
@@ -318,40 +295,70 @@ def summarise(rows: list[dict]) -> list[dict]:
     return list(out.values())
 
 
+def sequential_in_subprocess(cfg: dict) -> list[dict]:
+    """Sequential training in its own single-threaded process."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(HERE), "--sequential", json.dumps(cfg)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit("sequential baseline failed")
+    return [json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def _sequential_main(cfg: dict) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    base = _current_rss_mb()
+    row = run_sequential(cfg)
+    row.update(peak_rss_mb=_rss_mb(), added_rss_mb=_rss_mb() - base)
+    print(json.dumps({"name": "sequential", "world": 1, "rank": 0, **row}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small models, few steps")
     ap.add_argument("--worker", nargs=2, metavar=("CFG", "DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--sequential", metavar="CFG", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "parallel.json"))
     args = ap.parse_args()
     if args.worker:
         worker(json.loads(args.worker[0]), Path(args.worker[1]))
         return
+    if args.sequential:
+        _sequential_main(json.loads(args.sequential))
+        return
     quick = args.quick
     cfg = {"job": "throughput", "width": 256 if quick else 1024, "depth": 8,
-           "batch": 64, "micro": 4, "steps": 5 if quick else 12, "warmup": 2,
+           "batch": 64, "micro": 4, "steps": 5 if quick else 20, "warmup": 3,
            "repeats": 1 if quick else 2,
            "resnet_depth": 164 if quick else 1001, "resnet_batch": 4, "resnet_steps": 1}
     tmp = ROOT / "bench-out" / "parallel-tmp"
     t0 = time.time()
-    import torch
-
-    torch.set_num_threads(1)
-    with PeakMemory() as mem:
-        seq = run_sequential(cfg)
-    rows = [{"name": "sequential", "world": 1, "rank": 0, **seq, "peak_rss_mb": mem.peak_mb,
-             "added_rss_mb": mem.delta_mb}]
-    rows += launch(cfg, 2, tmp)
-    rows += launch(cfg, 4, tmp)
-    mem_cfg = dict(cfg, job="resnet")
+    rows = sequential_in_subprocess(cfg)
+    # every configuration in its own launch (fresh processes: peak memory is its own);
+    # the pipelined pairs alternate, repeated, so load changes hit both engines alike
+    boundaries = None
+    for name in ("ddp", "ours data"):
+        rows += launch(dict(cfg, job=name), 2, tmp)
+    for _rep in range(cfg["repeats"]):
+        for sched in ("gpipe", "1f1b"):
+            ours = launch(dict(cfg, job=f"ours model {sched}"), 2, tmp)
+            rows += ours
+            boundaries = boundaries or ours[0].get("boundaries")
+            rows += launch(dict(cfg, job=f"torch.pipelining {sched}", boundaries=boundaries),
+                           2, tmp)
+    for name in ("ddp", "ours data", "ours hybrid 2x2 1f1b", "ours model 1f1b"):
+        rows += launch(dict(cfg, job=name), 4, tmp)
     for P in (2, 4):
-        rows += launch(mem_cfg, P, tmp)
+        rows += launch(dict(cfg, job=f"resnet-{cfg['resnet_depth']} model P{P}"), P, tmp)
     table = summarise(rows)
     print(f"\noncoscale.parallel benchmark ({'quick' if quick else 'full'}): MLP "
           f"{cfg['depth']}x{cfg['width']}, global batch {cfg['batch']}, "
           f"{cfg['micro']} micro-batches, CPU, 1 thread per rank\n")
     head = (f"{'config':<24}{'ranks':>6}{'samples/s':>11}{'(runs)':<16}{'idle':>6}"
-            f"{'ideal':>7}  RSS added / peak MB per rank")
+            f"{'ideal':>7}  peak RSS MB per rank (above torch baseline)")
     print(head)
     print("-" * len(head))
     for s in table:
@@ -360,7 +367,7 @@ def main() -> None:
         idle = f"{s['idle_fraction']:.2f}" if "idle_fraction" in s else "-"
         ideal = f"{s['ideal_bubble']:.2f}" if "ideal_bubble" in s else "-"
         runs = "(" + ", ".join(f"{v:.0f}" for v in s["samples_per_s_all"]) + ")"
-        mem = " ".join(f"{s['added_rss_mb'][r]:.0f}/{s['peak_rss_mb'][r]:.0f}"
+        mem = " ".join(f"{s['peak_rss_mb'][r]:.0f}({s['added_rss_mb'][r]:.0f})"
                        for r in sorted(s["peak_rss_mb"]))
         print(f"{s['name']:<24}{s['ranks']:>6}{s['samples_per_s']:>11.1f} {runs:<15}{idle:>6}"
               f"{ideal:>7}  {mem}")

@@ -80,7 +80,8 @@ def _equivalence(name, make, data, loss, *, epochs=2, batch_size=16, lr=0.05, **
     out = {"check": name, "rank": rank,
            "loss_diff": max(abs(a - b) for a, b in zip(res.history.train_loss,
                                                          seq.history.train_loss, strict=True)),
-           "idle": float(res.history.idle_fraction.iloc[-1])}
+           "idle": float(res.history.idle_fraction.iloc[-1]),
+           "buffers": res.stats["recv_buffers_allocated"]}
     if rank == 0:
         out["param_diff"] = _compare(model, ref)
     return out
@@ -127,6 +128,10 @@ def battery(world: int) -> list[dict]:
                                 schedule="1f1b"))
         out.append(_equivalence("mlp-data-R4-compressor", make["mlp"], data["mlp"], mse,
                                 strategy="data", compressor=TopKCompressor(ratio=1.0)))
+        from oncoscale.comm.compress import TopK
+        out.append(_equivalence("mlp-hybrid-2x2-comm-topk", make["mlp"], data["mlp"], mse,
+                                strategy="hybrid", num_partitions=2, num_replicas=2,
+                                micro_batches=2, compressor=TopK(1.0)))
         # ResNet-110 (batch norm) trains hybrid 2 partitions x 2 replicas for two steps
         torch.manual_seed(0)
         r110 = make["resnet"](110, "batch")
@@ -211,11 +216,11 @@ def _worker_main() -> None:
             else resume_worker(sys.argv[2], sys.argv[3]))
     path = Path(os.environ["ONCOSCALE_TEST_OUT"]) / f"rank{os.environ['RANK']}.json"
     path.write_text(json.dumps(rows))
-    import torch.distributed as dist
+    from oncoscale.comm import init
 
-    if dist.is_initialized():  # a clean exit (gloo may abort when torn down implicitly)
-        dist.barrier()
-        dist.destroy_process_group()
+    world = init()  # the world fit() joined; shut it down cleanly (barrier, then teardown)
+    world.barrier()
+    world.shutdown()
 
 
 # ----------------------------------------------------------------------------- pytest side
@@ -256,13 +261,17 @@ def test_four_ranks_every_strategy_matches_sequential(tmp_path: Path) -> None:
     checks = {r["check"] for r in rows}
     assert {"mlp-hybrid-2x2-1f1b", "resnet110-hybrid-2x2", "ae-tied-hybrid-2x2-gpipe",
             "error-world-size"} <= checks
-    assert len([r for r in rows if "param_diff" in r]) == 8
+    assert len([r for r in rows if "param_diff" in r]) == 9
     _check_rows(rows)
 
 
 def test_two_ranks_model_and_data_parallel_match_sequential(tmp_path: Path) -> None:
     rows, _ = _launch(tmp_path, 2, "battery")
     assert len([r for r in rows if "param_diff" in r]) == 5
+    # receive buffers are reused: 6 steps x 4 micro-batches, but GPipe needs at most 4 in
+    # flight per shape (micro-batch sizes 4, 2 and 1 occur) -> at most 8 allocations
+    gpipe = [r for r in rows if r["check"] == "mlp-model-P2-gpipe"]
+    assert all(0 < r["buffers"] <= 8 for r in gpipe), gpipe
     _check_rows(rows)
 
 

@@ -235,17 +235,20 @@ class _Engine:
         if self.verbose and self.world.rank == 0:
             print(msg, flush=True)
 
-    def _groups(self) -> Any:
-        """Replica group of this partition (collective over the world)."""
+    def _groups(self) -> tuple[Any, Any]:
+        """(torch ProcessGroup, oncoscale.comm Group or None) of this partition's replicas.
+
+        Collective over the world."""
         lay, world = self.layout, self.world
         if world.size == 1:
-            return None
+            return None, None
         cw = world.comm_world
         if cw is not None and hasattr(cw, "layout"):
-            return cw.layout(replicas=self.R, partitions=self.P).partition_group.torch_group
+            group = cw.layout(replicas=self.R, partitions=self.P).partition_group
+            return group.torch_group, group
         groups = [_dist.new_group(world, [lay.rank_of(r, p) for r in range(self.R)])
                   for p in range(self.P)]
-        return groups[lay.partition_index]
+        return groups[lay.partition_index], None
 
     def _build_stage(self, example: torch.Tensor) -> tuple[nn.Module, list, list, set[int],
                                                            dict[tuple[int, ...], list[int]]]:
@@ -300,7 +303,7 @@ class _Engine:
         stage, in_meta, out_meta, late, tied = self._build_stage(example)
         stage.to(self.device)
         stage.train()
-        replica_group = self._groups()
+        replica_group, comm_group = self._groups()
         tied_ids: set[int] = set()
         tied_groups: list[tuple[Any, list[nn.Parameter]]] = []
         by_id = {id(p): p for p in self.model.parameters()}
@@ -314,7 +317,7 @@ class _Engine:
         local = [p for p in stage.parameters() if id(p) not in tied_ids]
         sync = GradientSync(local, replica_group, group_size=self.R,
                             bucket_cap_mb=self.bucket_cap_mb, compressor=self.compressor,
-                            late=late) if self.R > 1 else None
+                            late=late, comm_group=comm_group) if self.R > 1 else None
         runtime = StageRuntime(stage, lay, in_meta, out_meta, self.device, self.loss_fn, sync)
         # a stage may hold no parameters (e.g. an activation alone); it has no optimizer
         opt = seq._make_optimizer(self.optimizer, stage) if any(

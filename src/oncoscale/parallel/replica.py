@@ -11,7 +11,12 @@ allreduce of early buckets runs while backward continues.
 
 Compressors
 -----------
-``compressor`` may be any object with
+``compressor`` may be an ``oncoscale.comm`` compressor (``TopK``, ``RandomK``, ``Threshold``,
+``QSGD`` or a composition such as ``TopK(0.01) | QSGD(8)``; it is wrapped in
+``oncoscale.comm.compress.ErrorFeedback`` with one residual per bucket and reduced with
+``oncoscale.comm.sparse_allreduce`` over the replica group), an
+``oncoscale.comm.compress.GradientCompression`` (its error feedback, algorithm and codec
+are used, over the replica group), or any object with
 
 * ``allreduce(tensor, group=...) -> Tensor`` (the sum over the group, e.g. a sparse
   collective with error feedback from ``oncoscale.comm``) - used as is; or
@@ -38,9 +43,11 @@ class GradientSync:
 
     def __init__(self, params: list[nn.Parameter], group: Any, *, group_size: int,
                  bucket_cap_mb: float = 25.0, compressor: Any = None,
-                 late: set[int] | None = None) -> None:
+                 late: set[int] | None = None, comm_group: Any = None) -> None:
         late = late or set()
         self.group = group
+        self.comm_group = comm_group
+        self._feedback: Any = None
         self.group_size = group_size
         self.compressor = compressor
         self.params = [p for p in params if p.requires_grad]
@@ -136,6 +143,9 @@ class GradientSync:
     def _compressed(self, b: int) -> torch.Tensor:
         flat = self._flat(b)
         comp = self.compressor
+        sparse = self._comm_reduce(b, flat)
+        if sparse is not None:
+            return sparse
         if hasattr(comp, "allreduce"):
             out = comp.allreduce(flat, group=self.group)
             return out.wait() if hasattr(out, "wait") and not isinstance(out, torch.Tensor) \
@@ -147,6 +157,29 @@ class GradientSync:
         for item in gathered:
             total += comp.decompress(item, flat)
         return total
+
+    def _comm_reduce(self, b: int, flat: torch.Tensor) -> torch.Tensor | None:
+        """Sum over the replicas through an ``oncoscale.comm`` compressor (None if not one)."""
+        try:
+            from oncoscale.comm.collectives import sparse_allreduce
+            from oncoscale.comm.compress import Compressor, ErrorFeedback, GradientCompression
+        except ImportError:  # pragma: no cover - comm layer absent
+            return None
+        comp = self.compressor
+        if isinstance(comp, GradientCompression):
+            feedback, algorithm, codec = comp.feedback, comp.algorithm, comp.compressor.codec
+        elif isinstance(comp, Compressor):
+            if self._feedback is None:
+                self._feedback = ErrorFeedback(comp, True)
+            feedback, algorithm, codec = self._feedback, "auto", comp.codec
+        else:
+            return None
+        if self.comm_group is None:
+            raise CommunicationError("an oncoscale.comm compressor needs the comm layer's "
+                                     "replica group (launch through oncoscale.comm.init)")
+        vec = feedback.compress(f"bucket{b}", flat)
+        out = sparse_allreduce(vec, algorithm, group=self.comm_group, op="sum", codec=codec)
+        return out.to_dense().to(flat.dtype).reshape(-1)
 
     def close(self) -> None:
         for h in self._hooks:
