@@ -152,15 +152,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small shapes, one repeat")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads for both ours and the baseline")
+    ap.add_argument("--shapes", default=None,
+                    help="comma list of GENESxLATENTxBATCH, e.g. 5000x1000x256")
     ap.add_argument("--out", default="bench-out/autoencoder.json")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         shapes, repeats, steps, epochs = [(2000, 500, 256)], args.repeats or 1, 4, 3
     else:
         shapes, repeats, steps, epochs = ([(5000, 1000, 256), (20000, 1000, 256)],
                                           args.repeats or 2, 5, 3)
+    if args.shapes:
+        shapes = [tuple(int(v) for v in item.split("x")) for item in args.shapes.split(",")]
     variants = ["fit_sequential + fused Adam (ours)", "fit_sequential + default Adam",
                 "textbook loop (DataLoader, .item(), default Adam)"]
     rows = []

@@ -314,3 +314,15 @@ def test_checkpoint_every_and_final_checkpoint(tmp_path: Path) -> None:
                          checkpoint_dir=tmp_path, resume=False, progress=False)
     assert len(res.history) == 1
     assert load_checkpoint(checkpoint_path(tmp_path))["epoch"] == 1
+
+
+def test_num_threads_is_scoped_to_the_call() -> None:
+    X = toy_profiles(n=16)
+    before = torch.get_num_threads()
+    res = fit_sequential(make_ae(), X, nn.MSELoss(), optimizer=adam(), epochs=1, batch_size=8,
+                         num_threads=1, progress=False)
+    assert torch.get_num_threads() == before and len(res.history) == 1
+    with pytest.raises(ConfigurationError, match="num_threads"):
+        fit_sequential(make_ae(), X, nn.MSELoss(), optimizer=adam(), num_threads=0,
+                       progress=False)
+    assert torch.get_num_threads() == before

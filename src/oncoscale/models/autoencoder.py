@@ -77,6 +77,8 @@ class TiedLinear(nn.Module):
         weight gradient in ``W``'s own ``(out, in)`` layout: adding it to the encoder's
         gradient is then a contiguous add, not a strided transpose-add over the whole matrix.
         """
+        if self.bias is not None and not isinstance(x, torch.fx.Proxy) and x.dim() == 2:
+            return torch.addmm(self.bias, x, self.weight)  # bias added inside the GEMM
         y = torch.matmul(x, self.weight)
         return y if self.bias is None else y + self.bias
 

@@ -396,7 +396,7 @@ def fit_sequential(model: nn.Module, data: DataLike, loss_fn: LossFn, *,
                    checkpoint_every: int = 1, resume: bool = True, seed: int = 0,
                    device: str | torch.device | None = None, progress: bool = True,
                    target: torch.Tensor | np.ndarray | None = None,
-                   **ignored: Any) -> FitResult:
+                   num_threads: int | None = None, **ignored: Any) -> FitResult:
     """Train ``model`` on one device; the single-process path of ``oncoscale.parallel.fit``.
 
     Parameters
@@ -437,6 +437,16 @@ def fit_sequential(model: nn.Module, data: DataLike, loss_fn: LossFn, *,
         Show a tqdm progress bar over the batches.
     target:
         Targets for tensor/array ``data`` when not given in a tuple.
+    num_threads:
+        CPU threads for torch during this call (restored afterwards); ``None`` keeps the
+        current setting. On a machine shared with other jobs, fewer threads than cores avoids
+        OpenMP threads waiting on descheduled peers (see benchmarks/autoencoder.md).
+
+    Speed: tensor data is indexed directly on the device (no per-sample collation), gradients
+    are dropped rather than zeroed, and losses/metrics stay on the device until the end of the
+    epoch (one host sync per epoch). The optimizer step is often the largest overhead left:
+    pass a fused one (``fused_optimizer("adam", p, lr=...)`` or ``torch.optim.Adam(p,
+    fused=True)``); see benchmarks/autoencoder.md.
 
     Keyword arguments meant for the parallel engine (``strategy``, ``num_partitions``, ...)
     are accepted and ignored here when they describe a single process.
@@ -446,6 +456,25 @@ def fit_sequential(model: nn.Module, data: DataLike, loss_fn: LossFn, *,
     FitResult
     """
     _check_single_process(ignored)
+    if num_threads is None:
+        return _fit(model, data, loss_fn, optimizer, epochs, batch_size, validation, metrics,
+                    early_stopping, checkpoint_dir, checkpoint_every, resume, seed, device,
+                    progress, target)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(_positive_int(num_threads, "num_threads"))
+    try:
+        return _fit(model, data, loss_fn, optimizer, epochs, batch_size, validation, metrics,
+                    early_stopping, checkpoint_dir, checkpoint_every, resume, seed, device,
+                    progress, target)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _fit(model: nn.Module, data: DataLike, loss_fn: LossFn, optimizer: Any, epochs: int,
+         batch_size: int, validation: Any, metrics: Mapping[str, MetricFn] | None,
+         early_stopping: Any, checkpoint_dir: str | os.PathLike[str] | None,
+         checkpoint_every: int, resume: bool, seed: int, device: Any, progress: bool,
+         target: Any) -> FitResult:
     epochs = _positive_int(epochs, "epochs")
     batch_size = _positive_int(batch_size, "batch_size")
     checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
@@ -671,7 +700,7 @@ def train_autoencoder(X: np.ndarray | torch.Tensor, *, n_latent: int = 1000,
                       checkpoint_dir: str | os.PathLike[str] | None = None,
                       checkpoint_every: int = 1, resume: bool = True, seed: int = 0,
                       device: str | torch.device | None = None, progress: bool = True,
-                      ) -> tuple[nn.Module, FitResult]:
+                      num_threads: int | None = None) -> tuple[nn.Module, FitResult]:
     """Build and train the GDC autoencoder on ``X`` (``(n_samples, n_genes)``, scaled to
     [0, 1] for the default sigmoid output) with MSE loss and Pearson correlation reported.
 
@@ -710,7 +739,7 @@ def train_autoencoder(X: np.ndarray | torch.Tensor, *, n_latent: int = 1000,
                             metrics={"pearson": pearson_correlation},
                             early_stopping=early_stopping, checkpoint_dir=checkpoint_dir,
                             checkpoint_every=checkpoint_every, resume=resume, seed=seed,
-                            device=device, progress=progress)
+                            device=device, progress=progress, num_threads=num_threads)
     model.eval()
     return model, result
 
