@@ -414,7 +414,10 @@ class _Engine:
                  "peak_memory_bytes": _peak_memory_bytes(self.device),
                  "stage_param_bytes": sum(p.numel() * p.element_size()
                                           for p in stage.parameters()),
-                 "recv_buffers_allocated": runtime.pool.allocated}
+                 "recv_buffers_allocated": runtime.pool.allocated,
+                 "buckets": 0 if sync is None else len(sync.buckets),
+                 "buckets_launched_in_backward": 0 if sync is None
+                 else sync.launched_in_backward}
         ckpt = self._latest_dir()
         return ParallelFitResult(model=self.model, history=history, stage=stage,
                                  plan=self.plan, layout=lay, stats=stats,

@@ -74,6 +74,7 @@ class GradientSync:
         self._next = 0
         self._works: list[tuple[int, torch.Tensor, Any]] = []
         self.armed = False
+        self.launched_in_backward = 0  # buckets whose allreduce started during backward
         self._hooks = []
         if group_size > 1 and compressor is None:
             self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad)
@@ -95,6 +96,7 @@ class GradientSync:
         while self._next < len(self.buckets) and \
                 self._pending[self._next] >= len(self.buckets[self._next]):
             self._launch(self._next)
+            self.launched_in_backward += 1
             self._next += 1
 
     def _flat(self, b: int) -> torch.Tensor:
