@@ -301,8 +301,9 @@ def analyse(pairs: ad.AnnData, out_dir: str | Path, config: PipelineConfig, *,
     _save_png(saliency.plot_comparison(cmp, class_names=names),
               out_dir / "figures" / "comparison.png")
     best = int(table.index[0])
-    log(f"best node {best}: sns_binary {table.iloc[0]['sns_binary']:.3f}, "
-        f"AUC {table.iloc[0]['auc']:.3f}")
+    first = table.iloc[0]
+    log(f"best node {best}: sns_binary {first['sns_binary']:.3f}, "
+        f"AUC {first['auc']:.3f} (separation {first['auc_separation']:.3f})")
     return AnalysisResult(ans=table, comparison=cmp.table, pairs=pairs)
 
 
@@ -369,15 +370,19 @@ def build_report(out_dir: str | Path, *, title: str = "Autoencoder node saliency
     r.text(
         f"Node {best} separates cancer from matched normal samples best by supervised node "
         f"saliency (SNS, binary reference, lower is better: {row['sns_binary']:.3f}). Its "
-        f"single-threshold accuracy is {row['threshold_accuracy']:.1%} and its ROC AUC "
-        f"{row['auc']:.3f}. NED below both class NEDs (the published sign of a good "
+        f"activation is {'higher' if row['mean1'] > row['mean0'] else 'lower'} in cancer "
+        f"(mean {row['mean1']:.3f} vs {row['mean0']:.3f} in normal); one threshold on it "
+        f"classifies {row['threshold_accuracy']:.1%} of samples correctly; ROC AUC "
+        f"{row['auc']:.3f} (separation max(AUC, 1-AUC) = {row['auc_separation']:.3f}). "
+        f"NED below both class NEDs (the published sign of a good "
         f"classifier node): {'yes' if bool(row['ned_below_classes']) else 'no'}."
     )
     if summary:
         r.key_values({k: v for k, v in summary.items() if not isinstance(v, dict | list)})
     r.section("Top nodes by supervised node saliency")
     cols = [c for c in ("sns_binary", "sns_increasing", "ned", "ned0", "ned1",
-                        "ned_below_classes", "threshold_accuracy", "auc") if c in table.columns]
+                        "ned_below_classes", "mean0", "mean1", "threshold_accuracy", "auc",
+                        "auc_separation") if c in table.columns]
     r.table(table[cols].head(20), caption="20 best nodes (all nodes in ans.csv)")
     for name, caption in (
         ("node_histograms.png", "Activations of the top nodes: stacked histograms of cancer "
@@ -458,7 +463,7 @@ def run(sample_sheet: str | Path, data_dir: str | Path | None, out_dir: str | Pa
     result = analyse(pairs, out_dir, config, log=log)
     pairs = result.pairs
     if config.topology:
-        _build_cube(pairs, result.ans, out_dir, config, log=log)
+        _build_cube(pairs, result.ans, out_dir, config, progress=progress, log=log)
     write_h5ad(pairs, out_dir / "pairs.h5ad")
     top = result.ans.head(5)
     summary = {
@@ -466,6 +471,9 @@ def run(sample_sheet: str | Path, data_dir: str | Path | None, out_dir: str | Pa
         "training_tumours": int(train.n_obs), "pairs": int(pairs.n_obs // 2),
         "latent_nodes": int(config.n_latent), "best_node": int(top.index[0]),
         "best_node_auc": float(top.iloc[0]["auc"]),
+        "best_node_auc_separation": float(top.iloc[0]["auc_separation"]),
+        "best_node_higher_in": "cancer" if top.iloc[0]["mean1"] > top.iloc[0]["mean0"]
+        else "normal",
         "best_node_sns_binary": float(top.iloc[0]["sns_binary"]),
         "top_nodes": [int(i) for i in top.index],
         "seconds": round(time.perf_counter() - t0, 1),
@@ -478,7 +486,7 @@ def run(sample_sheet: str | Path, data_dir: str | Path | None, out_dir: str | Pa
 
 
 def _build_cube(pairs: ad.AnnData, table: pd.DataFrame, out_dir: Path, config: PipelineConfig,
-                *, log: Log = _quiet) -> Path | None:
+                *, progress: bool = True, log: Log = _quiet) -> Path | None:
     """Topological datacube of the latent space (PCA-reduced), f = best node's activation."""
     try:
         from oncoscale import topology
@@ -492,7 +500,8 @@ def _build_cube(pairs: ad.AnnData, table: pd.DataFrame, out_dir: Path, config: P
     X = PCA(n_components=n_comp, random_state=config.seed).fit_transform(acts)
     f = acts[:, best]
     path = topology.build(X, f, out=out_dir / "cube.duckdb",
-                          k=min(15, max(2, X.shape[0] - 1)))
+                          k=min(15, max(2, X.shape[0] - 1)), progress=progress,
+                          dims=[f"PC{i + 1}" for i in range(n_comp)], f_name=f"node_{best}")
     log(f"topology datacube of the latent space: {path}")
     return Path(path)
 

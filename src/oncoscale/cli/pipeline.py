@@ -68,8 +68,10 @@ def _print_summary(summary: dict) -> None:
         t.add_row(str(i), str(node))
     Console().print(t)
     Console().print(
-        f"best node {summary['best_node']}: AUC {summary['best_node_auc']:.3f}, "
-        f"SNS {summary['best_node_sns_binary']:.3f}; {summary['pairs']} pairs, "
+        f"best node {summary['best_node']}: higher in {summary['best_node_higher_in']}, "
+        f"AUC {summary['best_node_auc']:.3f} (separation "
+        f"{summary['best_node_auc_separation']:.3f}), SNS "
+        f"{summary['best_node_sns_binary']:.3f}; {summary['pairs']} pairs, "
         f"{summary['genes']} genes, {summary['seconds']} s\nreport: {summary['report']}")
 
 
