@@ -158,8 +158,8 @@ class Backend(ABC):
                   channel: bool = False) -> list[torch.Tensor]: ...
 
     @abstractmethod
-    def allgatherv(self, tensor: torch.Tensor, group: Group, *,
-                   channel: bool = False) -> list[torch.Tensor]: ...
+    def allgatherv(self, tensor: torch.Tensor, group: Group, *, channel: bool = False,
+                   counts: list[int] | None = None) -> list[torch.Tensor]: ...
 
     @abstractmethod
     def broadcast(self, tensor: torch.Tensor, src: int, group: Group, *,

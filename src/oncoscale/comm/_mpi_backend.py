@@ -169,13 +169,17 @@ class MPIBackend(Backend):
         self._poll(req, "allgather", group)
         return [o.to(tensor.device) for o in out.unbind(0)]
 
-    def allgatherv(self, tensor: torch.Tensor, group: Group, *,
-                   channel: bool = False) -> list[torch.Tensor]:
+    def allgatherv(self, tensor: torch.Tensor, group: Group, *, channel: bool = False,
+                   counts: list[int] | None = None) -> list[torch.Tensor]:
         host = tensor.detach().contiguous().cpu()
         row_shape = tuple(host.shape[1:])
         row_bytes = int(np.prod(row_shape, dtype=np.int64)) * host.element_size()
         n = torch.tensor([host.shape[0]], dtype=torch.int64)
-        counts = [int(c) for c in self.allgather(n, group, channel=channel)]
+        if counts is None:  # sizes not known in advance: one small allgather first
+            counts = [int(c) for c in self.allgather(n, group, channel=channel)]
+        elif counts[group.rank] != int(n):
+            raise ValueError(f"allgatherv: counts say {counts[group.rank]} rows here, "
+                             f"the tensor has {int(n)}")
         total = sum(counts)
         out = torch.empty((total, *row_shape), dtype=host.dtype)
         byte_counts = [c * row_bytes for c in counts]

@@ -177,12 +177,16 @@ class TorchBackend(Backend):
             out, t, group=self._pg(group, channel), async_op=True).wait())
         return out
 
-    def allgatherv(self, tensor: torch.Tensor, group: Group, *,
-                   channel: bool = False) -> list[torch.Tensor]:
+    def allgatherv(self, tensor: torch.Tensor, group: Group, *, channel: bool = False,
+                   counts: list[int] | None = None) -> list[torch.Tensor]:
         p = group.size
         t = tensor.contiguous()
         n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
-        counts = [int(c) for c in self.allgather(n, group, channel=channel)]
+        if counts is None:  # sizes not known in advance: one small allgather first
+            counts = [int(c) for c in self.allgather(n, group, channel=channel)]
+        elif counts[group.rank] != int(n):
+            raise ValueError(f"allgatherv: counts say {counts[group.rank]} rows here, "
+                             f"the tensor has {int(n)}")
         top = max(counts)
         if top == t.shape[0]:
             padded = t

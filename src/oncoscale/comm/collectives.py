@@ -54,6 +54,7 @@ _DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.floa
 _ALGO_CODE = {name: i for i, name in enumerate(("auto", *ALGORITHMS))}
 _OP_CODE = {"sum": 1, "avg": 2}
 _HEADER = 16  # bytes: (kind, count) as int64 in front of every message
+_FIXED = 8  # fixed columns of the agreement header (then p per-range counts)
 
 # -- local helpers ---------------------------------------------------------------------------
 
@@ -91,6 +92,13 @@ def _encode(vec: SparseVector, codec: ValueCodec, seed: int
     if codec.lossy:
         vals = codec.decode(body, vals.numel(), vec.dtype)
     return msg, SparseVector(idx, vals, m, check=False)
+
+
+def _msg_bytes(nnz: int, m: int, dense: bool, codec: ValueCodec, dtype: torch.dtype) -> int:
+    """Exact size of the message :func:`_encode` makes for ``nnz`` entries of an m-vector."""
+    if dense or prefers_dense(nnz, m, codec.value_bytes(dtype)):
+        return _HEADER + codec.nbytes(m, dtype)
+    return _HEADER + nnz * index_bytes_for(m) + codec.nbytes(nnz, dtype)
 
 
 def _decode(msg: torch.Tensor, m: int, codec: ValueCodec, dtype: torch.dtype) -> SparseVector:
@@ -177,8 +185,8 @@ def _concat(pieces: list[SparseVector], bounds: list[int], n: int) -> SparseVect
 # -- algorithms --------------------------------------------------------------------------------
 
 
-def _recursive_doubling(g: Group, cur: SparseVector, codec: ValueCodec, seed: int
-                        ) -> SparseVector:
+def _recursive_doubling(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
+                        rows: list[list[int]]) -> SparseVector:
     p, r, m, dt = g.size, g.rank, cur.size, cur.dtype
     p2 = 1 << (p.bit_length() - 1)
     extra = p - p2
@@ -207,54 +215,58 @@ def _recursive_doubling(g: Group, cur: SparseVector, codec: ValueCodec, seed: in
     return cur.compact()
 
 
-def _reduce_scatter(g: Group, cur: SparseVector, codec: ValueCodec, seed: int
-                    ) -> tuple[SparseVector, list[int]]:
-    """Owner-reduce: rank j ends with the sum of everyone's entries in its index range."""
+def _reduce_scatter(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
+                    rows: list[list[int]]) -> tuple[SparseVector, list[int]]:
+    """Owner-reduce: rank j ends with the sum of everyone's entries in its index range.
+
+    Message sizes follow from the per-range counts every rank put in the header."""
     p, r, n, dt = g.size, g.rank, cur.size, cur.dtype
     b = _backend(g)
     bounds = _bounds(n, p)
+    m = bounds[r + 1] - bounds[r]
     msgs: dict[int, torch.Tensor] = {}
-    lens = torch.zeros(p, dtype=torch.int64)
     for j in range(p):
         if j != r:
             msgs[j], _ = _encode(cur.slice(bounds[j], bounds[j + 1]), codec, _seed(seed, 0, r, j))
-            lens[j] = msgs[j].numel()
-    table = b.allgather(lens, g, channel=True)
     bufs: dict[int, torch.Tensor] = {}
     works = []
     for j in range(p):
         if j != r:
-            bufs[j] = torch.empty(int(table[j][r]), dtype=torch.uint8, device=cur.device)
+            size = _msg_bytes(rows[j][_FIXED + r], m, bool(rows[j][3]), codec, dt)
+            bufs[j] = torch.empty(size, dtype=torch.uint8, device=cur.device)
             works.append(b.irecv(bufs[j], j, g, tag=2, channel=True))
     for j in range(p):
         if j != r:
             works.append(b.isend(msgs[j], j, g, tag=2, channel=True))
     for w in works:
         w.wait()
-    m = bounds[r + 1] - bounds[r]
     pieces = [cur.slice(bounds[r], bounds[r + 1]) if j == r else _decode(bufs[j], m, codec, dt)
               for j in range(p)]
     return merge(pieces), bounds
 
 
 def _split_allgather(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
-                     dense_gather: bool = False) -> SparseVector:
+                     rows: list[list[int]], dense_gather: bool = False) -> SparseVector:
     p, r, dt = g.size, g.rank, cur.dtype
-    mine, bounds = _reduce_scatter(g, cur, codec, seed)
-    if dense_gather:
+    mine, bounds = _reduce_scatter(g, cur, codec, seed, rows)
+    counts = None
+    if dense_gather:  # dense blocks: every size is known, no count exchange
         mine = mine.densify()
+        counts = [_msg_bytes(0, bounds[j + 1] - bounds[j], True, codec, dt) for j in range(p)]
     msg, decoded = _encode(mine, codec, _seed(seed, 1, r))
-    parts = _backend(g).allgatherv(msg, g, channel=True)
+    parts = _backend(g).allgatherv(msg, g, channel=True, counts=counts)
     pieces = [decoded if j == r else _decode(parts[j], bounds[j + 1] - bounds[j], codec, dt)
               for j in range(p)]
     return _concat(pieces, bounds, cur.size)
 
 
-def _dsar(g: Group, cur: SparseVector, codec: ValueCodec, seed: int) -> SparseVector:
-    return _split_allgather(g, cur, codec, seed, dense_gather=True)
+def _dsar(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
+          rows: list[list[int]]) -> SparseVector:
+    return _split_allgather(g, cur, codec, seed, rows, dense_gather=True)
 
 
-def _dense(g: Group, cur: SparseVector, codec: ValueCodec, seed: int) -> SparseVector:
+def _dense(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
+           rows: list[list[int]]) -> SparseVector:
     if codec.lossy and not isinstance(codec, CastCodec):
         raise ConfigurationError(
             f"algorithm='dense' uses the engine's allreduce and cannot carry {codec!r}; "
@@ -266,15 +278,17 @@ def _dense(g: Group, cur: SparseVector, codec: ValueCodec, seed: int) -> SparseV
     return SparseVector(None, t.to(cur.dtype), cur.size, check=False)
 
 
-def _allgather_sum(g: Group, cur: SparseVector, codec: ValueCodec, seed: int) -> SparseVector:
+def _allgather_sum(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
+                   rows: list[list[int]]) -> SparseVector:
     msg, decoded = _encode(cur, codec, _seed(seed, 0, g.rank))
-    parts = _backend(g).allgatherv(msg, g, channel=True)
+    counts = [_msg_bytes(row[2], cur.size, bool(row[3]), codec, cur.dtype) for row in rows]
+    parts = _backend(g).allgatherv(msg, g, channel=True, counts=counts)
     pieces = [decoded if j == g.rank else _decode(parts[j], cur.size, codec, cur.dtype)
               for j in range(g.size)]
     return merge(pieces)
 
 
-_IMPL: dict[str, Callable[[Group, SparseVector, ValueCodec, int], SparseVector]] = {
+_IMPL: dict[str, Callable[..., SparseVector]] = {
     "recursive_doubling": _recursive_doubling,
     "split_allgather": _split_allgather,
     "dsar": _dsar,
@@ -312,14 +326,32 @@ _FLAG_TEXT = {1: "indices out of range [0, size)", 2: "indices not sorted and un
               "indices/values length mismatch)"}
 
 
+def _range_counts(vec: SparseVector, p: int) -> list[int]:
+    """Stored entries of ``vec`` in each of the p split ranges (range lengths if dense)."""
+    bounds = _bounds(vec.size, p)
+    if vec.is_dense or vec.indices is None:
+        return [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    if vec.values.numel() != vec.indices.numel():
+        return [0] * p
+    cuts = torch.searchsorted(vec.indices, torch.tensor(bounds, device=vec.device)).tolist()
+    return [hi - lo for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
 def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
            codec: ValueCodec, same_size: bool = True) -> list[list[int]]:
-    """Allgather a header and raise the same error on every rank if anything is wrong."""
+    """Allgather a header and raise the same error on every rank if anything is wrong.
+
+    Columns: size, dtype, nnz, dense, flags, codec, algorithm, op, then the nnz in each of
+    the group's p split ranges (so split algorithms know every message size in advance).
+    """
     if not isinstance(vec, SparseVector):
         raise InputError(f"{what} expects a SparseVector, found {type(vec).__name__}")
+    flags = _local_flags(vec)
+    counts = _range_counts(vec, g.size) if not flags else [0] * g.size
     head = torch.tensor([vec.size, _DTYPE_CODE.get(vec.values.dtype, 0), vec.nnz,
-                         int(vec.is_dense), _local_flags(vec), codec_id(codec),
-                         _ALGO_CODE[algorithm], _OP_CODE.get(op, 0)], dtype=torch.int64)
+                         int(vec.is_dense), flags, codec_id(codec),
+                         _ALGO_CODE[algorithm], _OP_CODE.get(op, 0), *counts],
+                        dtype=torch.int64)
     rows = [row.tolist() for row in _backend(g).allgather(head, g, channel=True)]
 
     def table(col: int) -> str:
@@ -425,7 +457,7 @@ def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | 
             nnz = [row[2] for row in rows]
             alg = algorithm if algorithm != "auto" else choose_algorithm(g, nnz, vec.size,
                                                                          vec.dtype, c)
-            result = _IMPL[alg](g, cur, c, seed)
+            result = _IMPL[alg](g, cur, c, seed, rows)
         g.world.cache[("last_algorithm", g.ranks)] = alg
         if op == "avg":
             result = result.scale(1.0 / g.size)
@@ -459,7 +491,8 @@ def sparse_allgather(vec: SparseVector, group: Group | None = None, async_op: bo
         rows = _agree(g, vec, "sparse_allgather", "auto", "sum", c, same_size=False)
         seed = _next_seed(g)
         msg, decoded = _encode(vec, c, _seed(seed, g.rank))
-        parts = _backend(g).allgatherv(msg, g, channel=True)
+        counts = [_msg_bytes(row[2], row[0], bool(row[3]), c, vec.dtype) for row in rows]
+        parts = _backend(g).allgatherv(msg, g, channel=True, counts=counts)
         return [decoded if j == g.rank else _decode(parts[j], rows[j][0], c, vec.dtype)
                 for j in range(g.size)]
 

@@ -13,6 +13,7 @@ every rank calls :meth:`World.new_group` with the same ranks in the same order.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -244,6 +245,10 @@ class World(Group):
             self._closed = True
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
+        # let every rank arrive before the engine tears connections down (a dead peer only
+        # costs the timeout here, it is not an error at shutdown)
+        with contextlib.suppress(CommunicationError):
+            self.barrier()
         self._backend.shutdown()
         if _DEFAULT is self:
             _DEFAULT = None
