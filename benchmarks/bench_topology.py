@@ -323,7 +323,16 @@ def main() -> None:
             print("[4] datacube query latency", flush=True)
             latency(cube, queries, results)
     results["machine"]["load_avg_end"] = os.getloadavg()
-    (out_dir / "topology.json").write_text(json.dumps(results, indent=2, default=float))
+    path = out_dir / "topology.json"
+    if skip and path.exists():  # a partial run updates the sections it ran
+        old = json.loads(path.read_text())
+        runs = old.pop("runs", {})
+        runs[",".join(sorted(skip)) or "all"] = {"machine": results.pop("machine"),
+                                                 "args": results.pop("args")}
+        old.update(results)
+        old["runs"] = runs
+        results = old
+    path.write_text(json.dumps(results, indent=2, default=float))
     print(f"wrote {out_dir / 'topology.json'}")
 
 

@@ -88,6 +88,19 @@ def test_serves_only_its_own_files(server):
         assert b"root:" not in body and b"import" not in body
 
 
+def test_explore_command_rejects_a_foreign_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from oncoscale.cli import app
+
+    junk = tmp_path / "cube.duckdb"
+    junk.write_text("not a cube")
+    res = CliRunner().invoke(app, ["explore", str(junk), "--port", "0"])
+    assert res.exit_code == 2 and "not a DuckDB database" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["explore", str(junk), "--port", "70000"])
+    assert res.exit_code != 0
+
+
 @pytest.mark.browser
 def test_browser_slider_and_brush_change_the_view(server):
     if not os.path.exists(CHROMIUM):

@@ -66,10 +66,12 @@ def explore_cmd(
 ) -> None:
     """Serve the web explorer of a topology cube (Ctrl-C to stop)."""
     from oncoscale.errors import OncoscaleError
+    from oncoscale.topology.cube import Cube
     from oncoscale.topology.explorer import serve
 
-    console.print(f"explorer of {cube} on http://{host}:{port}/")
     try:
+        Cube(cube).close()  # a clear error before the server starts
+        console.print(f"explorer of {cube} on http://{host}:{port}/")
         serve(cube, host=host, port=port)
     except OncoscaleError as exc:
         _fail(exc)

@@ -351,10 +351,13 @@ class Cube:
             self._sorted[kind] = {c: t[c].to_numpy() for c in
                                   ("extremum", "value", "persistence", "pc1", "pc2")}
             sd = self.saddles_table[self.saddles_table["kind"] == kind]
+            sd = sd.sort_values("value", ascending=(kind == "min"), kind="stable")
             self._saddles[kind] = {c: sd[c].to_numpy() for c in
                                    ("a", "b", "saddle", "value", "pc1", "pc2")}
         self._resolve = lru_cache(maxsize=256)(self._resolve_uncached)
         self._leaf_segments = lru_cache(maxsize=64)(self._leaf_segments_uncached)
+        self._spine_cached = lru_cache(maxsize=64)(self._spine)
+        self._segments_cached = lru_cache(maxsize=64)(self._segments)
 
     # --- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -418,7 +421,11 @@ class Cube:
 
     def segments(self, persistence: float = 0.0) -> pd.DataFrame:
         """Morse-Smale segments at ``persistence``: segment, max, min, count, f range/mean."""
-        ls = self.leaf_segments(persistence)
+        p = max(_level(persistence), float(self.meta.get("base_persistence", 0.0)))
+        return self._segments_cached(p).copy()
+
+    def _segments(self, persistence: float) -> pd.DataFrame:
+        ls = self._leaf_segments(persistence)
         g = ls.groupby("segment", sort=True)
         out = pd.DataFrame({"max": g["seg_max"].first(), "min": g["seg_min"].first(),
                             "count": g["count"].sum(), "f_min": g["f_min"].min(),
@@ -623,6 +630,11 @@ class Cube:
 
     # --- spine -----------------------------------------------------------------------------
     def spine(self, persistence: float = 0.0) -> dict[str, pd.DataFrame]:
+        """Topological spine at ``persistence`` (see `_spine`); cached per level."""
+        p = max(_level(persistence), float(self.meta.get("base_persistence", 0.0)))
+        return {key: df.copy() for key, df in self._spine_cached(p).items()}
+
+    def _spine(self, persistence: float = 0.0) -> dict[str, pd.DataFrame]:
         """Topological spine at ``persistence``: ``nodes`` (surviving extrema with f value,
         region volume = samples in their ascending/descending region, pc1, pc2) and ``links``
         (the highest saddle between each pair of neighbouring surviving maxima, the lowest
@@ -641,17 +653,13 @@ class Cube:
                                        "volume": vol.astype(np.int64), "pc1": t["pc1"][at],
                                        "pc2": t["pc2"][at]}))
             ids, reps = self._resolve(p, kind)
-            s = self._saddles[kind]
+            s = self._saddles[kind]  # sorted best saddle first (highest for maxima)
             ra = reps[np.searchsorted(ids, s["a"])]
             rb = reps[np.searchsorted(ids, s["b"])]
             a, b = np.minimum(ra, rb), np.maximum(ra, rb)
             keep = np.flatnonzero(a != b)
-            sign = -1.0 if kind == "max" else 1.0
-            order = keep[np.lexsort((sign * s["value"][keep], a[keep], b[keep]))]
-            first = np.ones(len(order), dtype=bool)
-            first[1:] = (a[order][1:] != a[order][:-1]) | (b[order][1:] != b[order][:-1])
-            sel = order[first]
-            sel = sel[np.argsort(sign * s["value"][sel], kind="stable")]
+            _, first = np.unique(a[keep] * self.n + b[keep], return_index=True)
+            sel = keep[np.sort(first)]  # the first (best) saddle of every pair, best first
             links.append(pd.DataFrame({"kind": kind, "a": a[sel], "b": b[sel],
                                        "saddle": s["saddle"][sel], "value": s["value"][sel],
                                        "pc1": s["pc1"][sel], "pc2": s["pc2"][sel]}))
