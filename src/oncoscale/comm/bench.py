@@ -157,8 +157,12 @@ def _training(args: argparse.Namespace) -> dict:
     topk = train(C.ddp_comm_hook(compressor=C.TopK(0.01), error_feedback=True,
                                  algorithm="recursive_doubling"))
     topk_auto = train(C.ddp_comm_hook(compressor=C.TopK(0.01), error_feedback=True))
+    topk_fp16 = train(C.ddp_comm_hook(compressor=C.TopK(0.01), error_feedback=True,
+                                      algorithm="recursive_doubling", codec="fp16"))
     out = {"p": p, "params": params, "steps": args.steps, "plain_ddp": plain,
            "dense_via_oncoscale": dense_hook, "topk1_ef": topk, "topk1_ef_auto": topk_auto,
+           "topk1_ef_fp16": topk_fp16,
+           "bytes_ratio_fp16": dense_hook["bytes_per_rank"] / max(1, topk_fp16["bytes_per_rank"]),
            "loss_ratio": topk["loss"] / plain["loss"],
            "bytes_ratio": dense_hook["bytes_per_rank"] / max(1, topk["bytes_per_rank"])}
     if rank == 0:
@@ -247,12 +251,14 @@ def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
 
 def _fmt_training(tr: dict) -> str:
     lines = [f"training p={tr['p']} params={tr['params']} steps={tr['steps']}"]
-    for name in ("plain_ddp", "dense_via_oncoscale", "topk1_ef", "topk1_ef_auto"):
+    for name in ("plain_ddp", "dense_via_oncoscale", "topk1_ef", "topk1_ef_auto",
+                 "topk1_ef_fp16"):
         r = tr[name]
         lines.append(f"  {name:<20} loss {r['loss']:.4f} acc {r['accuracy']:.3f} "
                      f"{r['s_per_step'] * 1e3:7.2f} ms/step  {r['bytes_per_rank'] / 1e6:9.3f} MB")
     lines.append(f"  loss ratio topk/plain {tr['loss_ratio']:.4f}, "
-                 f"bytes dense/topk {tr['bytes_ratio']:.1f}x")
+                 f"bytes dense/topk {tr['bytes_ratio']:.1f}x (fp16 values "
+                 f"{tr['bytes_ratio_fp16']:.1f}x)")
     return "\n".join(lines)
 
 

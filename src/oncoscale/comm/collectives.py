@@ -138,19 +138,25 @@ def _recv(g: Group, peer: int, device: torch.device | str = "cpu") -> torch.Tens
     return buf
 
 
-def _exchange(g: Group, peer: int, msg: torch.Tensor) -> torch.Tensor:
-    """Send ``msg`` to ``peer`` and receive its message (any size) at the same time."""
+def _exchange(g: Group, peer: int, msg: torch.Tensor, incoming: int | None = None
+              ) -> torch.Tensor:
+    """Send ``msg`` to ``peer`` and receive its message at the same time.
+
+    ``incoming``: the size of the peer's message when known (no size message then).
+    """
     b = _backend(g)
-    n_out = torch.tensor([msg.numel()], dtype=torch.int64, device=msg.device)
-    n_in = torch.zeros(1, dtype=torch.int64, device=msg.device)
-    ws = [b.isend(n_out, peer, g, tag=0, channel=True),
-          b.irecv(n_in, peer, g, tag=0, channel=True)]
-    for w in ws:
-        w.wait()
-    buf = torch.empty(int(n_in.item()), dtype=torch.uint8, device=msg.device)
     ws = []
-    if msg.numel():
+    if incoming is None:
+        n_out = torch.tensor([msg.numel()], dtype=torch.int64, device=msg.device)
+        n_in = torch.zeros(1, dtype=torch.int64, device=msg.device)
+        ws.append(b.isend(n_out, peer, g, tag=0, channel=True))
+        if msg.numel():  # the payload leaves at once, without waiting for the peer's size
+            ws.append(b.isend(msg, peer, g, tag=1, channel=True))
+        b.irecv(n_in, peer, g, tag=0, channel=True).wait()
+        incoming = int(n_in.item())
+    elif msg.numel():
         ws.append(b.isend(msg, peer, g, tag=1, channel=True))
+    buf = torch.empty(incoming, dtype=torch.uint8, device=msg.device)
     if buf.numel():
         ws.append(b.irecv(buf, peer, g, tag=1, channel=True))
     for w in ws:
@@ -202,7 +208,10 @@ def _recursive_doubling(g: Group, cur: SparseVector, codec: ValueCodec, seed: in
         partner = r ^ mask
         # ranks r // mask hold identical sums: equal seeds keep stochastic codecs consistent
         msg, mine = _encode(cur, codec, _seed(seed, rnd, r // mask))
-        other = _decode(_exchange(g, partner, msg), m, codec, dt)
+        known = None  # the first round without a fold: the header says the partner's size
+        if mask == 1 and not extra:
+            known = _msg_bytes(rows[partner][2], m, bool(rows[partner][3]), codec, dt)
+        other = _decode(_exchange(g, partner, msg, known), m, codec, dt)
         cur = merge([mine, other] if r < partner else [other, mine])
         mask <<= 1
         rnd += 1
@@ -399,8 +408,9 @@ def _launch(g: Group, fn: Callable[[], Any], what: str, async_op: bool) -> Any:
     if _on_comm_thread():
         result = named()
         return DoneWork(result) if async_op else result
-    work = g.world.submit(named, what)
-    return work if async_op else work.wait()
+    if not async_op:
+        return g.world.run_now(named, what)
+    return g.world.submit(named, what)
 
 
 # -- public API ----------------------------------------------------------------------------------

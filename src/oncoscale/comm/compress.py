@@ -211,11 +211,15 @@ class GradientCompression:
     """Compressor + error feedback + sparse allreduce: ``reduce(key, grad)`` -> mean gradient.
 
     ``compressor=None`` means dense (the collective still chooses its algorithm).
+    ``codec`` sets the wire format of the values (``"fp16"``, ``"bf16"``, ``"qsgd8"``...)
+    when the compressor does not name one.
     """
 
     def __init__(self, compressor: Compressor | None = None, *, error_feedback: bool = True,
-                 algorithm: str = "auto", group: Group | None = None) -> None:
+                 algorithm: str = "auto", group: Group | None = None,
+                 codec: str | ValueCodec | None = None) -> None:
         self.compressor = compressor or NoCompression()
+        self.codec = self.compressor.codec or codec
         self.feedback = ErrorFeedback(self.compressor, error_feedback)
         self.algorithm = algorithm
         self.group = group
@@ -229,4 +233,4 @@ class GradientCompression:
         self.sent_entries += vec.nnz
         self.dense_entries += vec.size
         return sparse_allreduce(vec, self.algorithm, group=self.group, async_op=async_op,
-                                op="avg", codec=self.compressor.codec)
+                                op="avg", codec=self.codec)

@@ -104,7 +104,9 @@ class CostModel:
                 t += 2 * a + b * msg(k, n) + merge_cost(2 * k, n)
             for i in range(int(math.log2(p2))):
                 size = msg(fill(f * 2**i), n)
-                t += 2 * a + b * size + merge_cost(2 * fill(f * 2**i), n)
+                # sizes are known from the header in the first round (without a fold)
+                lat = a if i == 0 and not extra else 2 * a
+                t += lat + b * size + merge_cost(2 * fill(f * 2**i), n)
                 sent += size
             if extra:
                 size = msg(fill(p), n)
@@ -165,8 +167,8 @@ def _measure(group: Group) -> CostModel:
     partner = r ^ 1
     if partner < p:
         _exchange(group, partner, big_msg)  # warm-up (connections, buffers)
-        t_small = _timeit(lambda: _exchange(group, partner, small_msg))
-        t_big = _timeit(lambda: _exchange(group, partner, big_msg))
+        t_small = _timeit(lambda: _exchange(group, partner, small_msg, small_msg.numel()))
+        t_big = _timeit(lambda: _exchange(group, partner, big_msg, big_msg.numel()))
     else:
         t_small = t_big = 0.0
     backend.barrier(group, channel=True)
@@ -192,8 +194,8 @@ def _measure(group: Group) -> CostModel:
     g_sparse = _timeit(sparse_merge) / (2 * ia.numel())
     dense_a, dense_b = torch.zeros(n), torch.ones(n)
     g_dense = _timeit(lambda: dense_a.add_(dense_b)) / n
-    # messages: _exchange sends a count and a payload each way: 2 latencies
-    alpha = max(t_small / 2, 1e-7)
+    # one message each way whose size the receiver knows: one latency
+    alpha = max(t_small, 1e-7)
     beta = max((t_big - t_small) / big, 1e-12)
     model = CostModel(
         alpha=alpha, beta=beta,

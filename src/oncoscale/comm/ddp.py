@@ -27,10 +27,11 @@ class DDPCompressionState:
     """
 
     def __init__(self, compressor: Compressor | None = None, *, error_feedback: bool = True,
-                 algorithm: str = "auto", group: Group | None = None) -> None:
+                 algorithm: str = "auto", group: Group | None = None,
+                 codec: str | None = None) -> None:
         self.group = group if group is not None else default_world()
         self.sync = GradientCompression(compressor, error_feedback=error_feedback,
-                                        algorithm=algorithm, group=self.group)
+                                        algorithm=algorithm, group=self.group, codec=codec)
 
     @property
     def sent_entries(self) -> int:
@@ -68,16 +69,18 @@ def _make_hook(default: DDPCompressionState) -> Any:
 
 def ddp_comm_hook(compressor: Compressor | None = None, error_feedback: bool = True, *,
                   algorithm: str = "auto", group: Group | None = None,
+                  codec: str | None = None,
                   state: DDPCompressionState | None = None) -> Callable[..., Any]:
     """Build a DDP comm hook; register it with ``model.register_comm_hook(hook.state, hook)``.
 
     ``compressor``: e.g. ``TopK(0.01)``, ``RandomK(0.01)``, ``Threshold(1e-3)``,
     ``QSGD(8)``, ``TopK(0.01) | QSGD(8)``, or ``None`` (dense). ``error_feedback``: keep
-    residuals per bucket. Returns ``hook(state, bucket) -> Future[Tensor]`` with the
+    residuals per bucket. ``codec``: wire format of the values (e.g. ``"fp16"``) unless
+    the compressor names one. Returns ``hook(state, bucket) -> Future[Tensor]`` with the
     state at ``hook.state``. ``state``: reuse an existing :class:`DDPCompressionState`.
     Call it on every rank (it may create the world's communication channel: collective).
     """
     if state is None:
         state = DDPCompressionState(compressor, error_feedback=error_feedback,
-                                    algorithm=algorithm, group=group)
+                                    algorithm=algorithm, group=group, codec=codec)
     return _make_hook(state)

@@ -182,6 +182,8 @@ class World(Group):
         self._layouts: dict[tuple[int, int], Layout] = {}
         self._executor: cf.ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
+        self._run_lock = threading.Lock()  # one sparse collective at a time, in call order
+        self._pending = 0
         self._closed = False
         self.cache: dict[Any, Any] = {}  # per-world memo (e.g. cost-model calibration)
         native, channel = backend.world_native()
@@ -233,8 +235,35 @@ class World(Group):
             if self._executor is None:
                 self._executor = cf.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix=f"oncoscale-comm-r{self.rank}")
-            fut = self._executor.submit(fn)
+            self._pending += 1
+            fut = self._executor.submit(self._serial, fn)
         return FutureWork(fut, what, self.rank, self.timeout * 4)
+
+    def _serial(self, fn: Callable[[], Any]) -> Any:
+        try:
+            with self._run_lock:
+                return fn()
+        finally:
+            with self._executor_lock:
+                self._pending -= 1
+
+    def run_now(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run ``fn`` in the calling thread when no queued work is pending (keeps FIFO order,
+        saves two thread hand-overs on a blocking call); else queue it and wait."""
+        with self._executor_lock:
+            if self._closed:
+                raise CommunicationError(f"rank {self.rank}: {what} on a world that was shut down")
+            idle = self._pending == 0
+            if idle:
+                self._pending += 1
+        if not idle:
+            return self.submit(fn, what).wait()
+        try:
+            with self._run_lock:
+                return fn()
+        finally:
+            with self._executor_lock:
+                self._pending -= 1
 
     def shutdown(self) -> None:
         """Finish queued work and release the engine (idempotent)."""
