@@ -261,6 +261,8 @@ class _Engine:
         inflight = self.M if self.schedule == "gpipe" else self.P
         profile_units(sg, example, repeats=2 if self.world.rank == 0 else 1)
         starts = resolve_boundaries(sg, self.P, self.balance, inflight=inflight)
+        if self.world.rank == 0:  # a resumed run keeps the partition it was saved with
+            starts = self._saved_boundaries() or starts
         starts = _dist.broadcast_object(starts, 0, self.world)
         plan = make_plan(sg, starts)
         self.plan = plan
@@ -480,6 +482,17 @@ class _Engine:
                 f.unlink(missing_ok=True)
                 if self.world.rank == 0:
                     shutil.rmtree(self._step_dir(old), ignore_errors=True)
+
+    def _saved_boundaries(self) -> list[int] | None:
+        """Stage boundaries of the newest checkpoint of this rank (None if none / new run)."""
+        if self.checkpoint_dir is None or not self.resume:
+            return None
+        steps = self._steps_saved()
+        if not steps:
+            return None
+        path = self.seq.checkpoint_path(self._step_dir(steps[-1]), rank=self.world.rank)
+        saved = self.seq.load_checkpoint(path).get("fingerprint", {}).get("boundaries")
+        return list(saved) if saved and len(saved) == self.P else None
 
     def _steps_saved(self) -> list[int]:
         assert self.checkpoint_dir is not None
