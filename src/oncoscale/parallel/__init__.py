@@ -2,6 +2,19 @@
 
 ``fit`` is the one entry point; ``fit_sequential`` (the single-process loop) is imported
 lazily so this package imports even where that module is not available.
+
+Modules, one job each: ``layout`` (replicas x partitions numbering), ``partition`` (torch.fx
+tracing, units, values crossing a cut, stage modules, profiling), ``balance`` (linear
+partition of profiled costs, the printed plan), ``schedule`` (GPipe / 1F1B op lists),
+``pipeline`` (one stage at run time: non-blocking p2p, buffer pool), ``replica`` (bucketed,
+hook-driven gradient allreduce, compressors), ``engine`` (``fit``), ``_dist`` (the seam to
+``oncoscale.comm`` / torch.distributed).
+
+Known limits: the model takes one input tensor whose first dimension is the batch; the
+loss must be a mean over the micro-batch; BatchNorm statistics are per micro-batch and
+running buffers are not synchronised across replicas (use GroupNorm, e.g.
+``ResNet(norm="group")``, for results identical to whole-batch training); the CUDA/NCCL path
+is written device-agnostic but has only been run on CPU/gloo.
 """
 
 from __future__ import annotations
