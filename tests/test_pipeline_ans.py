@@ -156,3 +156,22 @@ def test_cli_stages_match_the_library(demo_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert len(pd.read_csv(tmp_path / "ans.csv")) == 16
     assert (tmp_path / "report.html").is_file()
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("strategy", ["data", "model"])
+def test_training_on_two_ranks(demo_run, tmp_path, strategy):
+    """`--workers 2`: real torchrun ranks train the autoencoder data-parallel."""
+    out, _ = demo_run
+    train = ad.read_h5ad(out / "train.h5ad")
+    cfg = _config(workers=2, epochs=4, n_latent=16, strategy=strategy)
+    model = pl.train_autoencoder(train, cfg, tmp_path / "model", progress=False)
+    history = pd.read_csv(tmp_path / "model" / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    loaded, genes = pl.load_model(tmp_path / "model" / "autoencoder.pt")
+    assert genes == list(train.var_names)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert np.array_equal(a.numpy(), b.numpy())
+    pairs = pl.embed(loaded, ad.read_h5ad(out / "pairs.h5ad"), genes)
+    assert pairs.obsm["X_ae"].shape == (pairs.n_obs, 16)

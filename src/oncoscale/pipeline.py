@@ -19,6 +19,7 @@ Run directory layout::
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 from collections.abc import Callable
@@ -58,7 +59,10 @@ class PipelineConfig:
     patience: early-stopping patience in epochs.
     bins: ANS histogram bins B.
     seed: seeds data splits, weights, shuffling, t-SNE.
-    workers: ranks for training (1: one process; >1: the parallel engine, data strategy).
+    workers: ranks for training (1: one process; >1: local ranks through torchrun).
+    strategy, partitions: how the ranks split the work (``oncoscale.parallel.fit``): "data"
+        (every rank a replica), "model" (one pipeline of ``workers`` stages) or "hybrid"
+        (``partitions`` stages x ``workers / partitions`` replicas).
     topology: build the latent-space datacube for the explorer.
     """
 
@@ -74,6 +78,8 @@ class PipelineConfig:
     bins: int = 10
     seed: int = 0
     workers: int = 1
+    strategy: str = "data"
+    partitions: int = 1
     topology: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -88,6 +94,12 @@ class PipelineConfig:
         if not 0.0 <= self.validation < 1.0:
             raise ConfigurationError(f"validation: expected a fraction in [0, 1), "
                                      f"found {self.validation}")
+        if self.strategy not in ("data", "model", "hybrid"):
+            raise ConfigurationError(f"strategy: expected 'data', 'model' or 'hybrid', "
+                                     f"found {self.strategy!r}")
+        if self.partitions <= 0 or self.workers % self.partitions:
+            raise ConfigurationError(f"partitions: expected a divisor of workers="
+                                     f"{self.workers}, found {self.partitions}")
         if not self.lr > 0:
             raise ConfigurationError(f"lr: expected a positive learning rate, found {self.lr}")
 
@@ -181,6 +193,8 @@ def train_autoencoder(train: ad.AnnData, config: PipelineConfig, model_dir: str 
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    if config.workers > 1:
+        return _train_on_ranks(train, config, model_dir, log=log)
     X = _dense(train.X)
     torch.manual_seed(config.seed)
     model = Autoencoder(X.shape[1], config.n_latent)
@@ -208,6 +222,73 @@ def train_autoencoder(train: ad.AnnData, config: PipelineConfig, model_dir: str 
             f"train pearson {last.get('train_pearson', float('nan')):.3f}, "
             f"val pearson {last.get('val_pearson', float('nan')):.3f}")
     return model
+
+
+def _train_on_ranks(train: ad.AnnData, config: PipelineConfig, model_dir: Path, *,
+                    log: Log = _quiet) -> torch.nn.Module:
+    """Train with ``config.workers`` local ranks (torchrun, data parallel) and load the result.
+
+    The ranks run :func:`_rank_main` (``python -m oncoscale.pipeline``); each reads the
+    training matrix, trains its replica with :func:`oncoscale.parallel.fit` (gradients
+    allreduced every step, per-rank checkpoints in ``model_dir``), and rank 0 writes
+    ``autoencoder.pt`` and ``history.csv``. The parallel engine has no validation split or
+    early stopping: every epoch is trained.
+    """
+    import subprocess
+    import sys
+
+    X = _dense(train.X)
+    data_path = model_dir / "train_X.npy"
+    with atomic_path(data_path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, X)
+    cfg_path = atomic_write_text(model_dir / "config.json",
+                                 json.dumps({**asdict(config), "genes": list(train.var_names)}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={config.workers}", "-m", "oncoscale.pipeline",
+           str(data_path), str(cfg_path), str(model_dir)]
+    log(f"training on {config.workers} ranks ({config.strategy} parallel): "
+        f"{' '.join(cmd[2:])}")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise ConfigurationError(f"training on {config.workers} ranks failed "
+                                 f"(exit {proc.returncode}):\n{tail}")
+    model, _ = load_model(model_dir / "autoencoder.pt")
+    history = pd.read_csv(model_dir / "history.csv")
+    if len(history):
+        log(f"trained {len(history)} epochs on {config.workers} ranks; last train loss "
+            f"{history['train_loss'].iloc[-1]:.5f}")
+    return model
+
+
+def _rank_main(argv: list[str]) -> None:
+    """One rank of :func:`_train_on_ranks`: ``python -m oncoscale.pipeline X.npy cfg.json dir``."""
+    import torch
+
+    from oncoscale.models.autoencoder import Autoencoder
+    from oncoscale.parallel import fit
+
+    data_path, cfg_path, model_dir = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    raw = json.loads(cfg_path.read_text())
+    genes = raw.pop("genes")
+    raw["gene_types"] = tuple(raw["gene_types"]) if raw["gene_types"] else None
+    config = PipelineConfig(**raw)
+    X = np.load(data_path)
+    torch.manual_seed(config.seed)
+    model = Autoencoder(X.shape[1], config.n_latent)
+    lr = config.lr
+    P = {"data": 1, "model": config.workers}.get(config.strategy, config.partitions)
+    result = fit(model, X, torch.nn.functional.mse_loss,
+                 optimizer=lambda params: torch.optim.Adam(params, lr=lr),
+                 epochs=config.epochs, batch_size=config.batch_size, strategy=config.strategy,
+                 num_partitions=P, num_replicas=config.workers // P,
+                 checkpoint_dir=model_dir / "ranks", gather_on_rank0=True,
+                 seed=config.seed, verbose=False)
+    if int(os.environ.get("RANK", "0")) == 0:
+        with atomic_path(model_dir / "history.csv") as tmp:
+            result.history.to_csv(tmp, index=False)
+        save_model(result.model, model_dir / "autoencoder.pt", genes=genes, config=config)
 
 
 def save_model(model: torch.nn.Module, path: str | Path, *, genes: list[str],
@@ -524,3 +605,9 @@ def demo(out_dir: str | Path, config: PipelineConfig | None = None, *, progress:
     log(f"synthetic GDC project written to {project.data_dir}")
     return run(project.sample_sheet, project.data_dir, out_dir, config, progress=progress,
                log=log)
+
+
+if __name__ == "__main__":  # one rank of a multi-rank training run
+    import sys
+
+    _rank_main(sys.argv[1:])

@@ -116,6 +116,11 @@ def ae_train(
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     top_genes: int = typer.Option(5000, help="Keep this many most variable genes (0 = all)."),
     seed: int = typer.Option(0, help="Random seed."),
+    nproc: int = typer.Option(1, help="Training ranks on this machine (>1: data-parallel "
+                                      "training through torchrun)."),
+    strategy: str = typer.Option("data", help="With --nproc > 1: data (replicas), model "
+                                              "(pipeline stages) or hybrid."),
+    partitions: int = typer.Option(1, help="Pipeline stages for --strategy hybrid."),
 ) -> None:
     """Train the autoencoder on the tumours outside the matched pairs, then embed the pairs.
 
@@ -134,7 +139,8 @@ def ae_train(
 
     try:
         cfg = _config(n_latent=n_latent, epochs=epochs, batch_size=batch_size, lr=lr,
-                      top_genes=top_genes or None, seed=seed)
+                      top_genes=top_genes or None, seed=seed, workers=nproc,
+                      strategy=strategy, partitions=partitions)
         train, pairs = prepare(*split_cohorts(read_h5ad(cohort)), cfg)
         out.mkdir(parents=True, exist_ok=True)
         write_h5ad(train, out / "train.h5ad")
