@@ -120,9 +120,11 @@ class Backend(ABC):
     size: int
     timeout: float
     stats: CommStats
+    broken: bool = False  # set once an operation failed: shutdown then skips its barrier
 
     def fail(self, op: str, group: Group, exc: BaseException | str) -> CommunicationError:
-        """Build the error raised when ``op`` failed on ``group``."""
+        """Build the error raised when ``op`` failed on ``group`` (and mark the engine broken)."""
+        self.broken = True
         text = str(exc)
         low = text.lower()
         if "timeout" in low or "timed out" in low:

@@ -87,6 +87,7 @@ class MPIBackend(Backend):
             while not req.Test():
                 spins += 1
                 if time.monotonic() > deadline:
+                    self.broken = True
                     raise CommunicationError(
                         f"rank {self.rank}: {op} on mpi group of ranks {list(group.ranks)} "
                         f"timed out after {limit:g} s (a peer rank is missing, dead or "

@@ -20,7 +20,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 ALGORITHMS = ("recursive_doubling", "split_allgather", "dsar", "dense", "allgather")
 AUTO_CANDIDATES = ("recursive_doubling", "split_allgather", "dsar", "dense")
 HEADER_BYTES = 16
+DENSE_MARGIN = 0.8
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,18 @@ class CostModel:
 
     def choose(self, p: int, n: int, nnz: list[int], value_bytes: float, index_bytes: float,
                candidates: tuple[str, ...] = AUTO_CANDIDATES,
-               dense_bytes: float | None = None) -> str:
-        """The candidate with the smallest predicted time (ties: earlier in the list)."""
-        best = min(candidates, key=lambda alg: self.predict(
-            alg, p, n, nnz, value_bytes, index_bytes, dense_bytes).seconds)
+               dense_bytes: float | None = None, margin: float = DENSE_MARGIN) -> str:
+        """The candidate with the smallest predicted time (ties: earlier in the list).
+
+        The engine's dense allreduce is the reference: a sparse algorithm must be predicted
+        faster than ``margin`` x its time (the model does not price every copy, and the
+        engine's own implementation is the safer bet when the two are close).
+        """
+        times = {alg: self.predict(alg, p, n, nnz, value_bytes, index_bytes,
+                                   dense_bytes).seconds for alg in candidates}
+        best = min(candidates, key=times.__getitem__)
+        if "dense" in times and best != "dense" and times[best] > margin * times["dense"]:
+            return "dense"
         return best
 
 
@@ -167,7 +176,7 @@ def _measure(group: Group) -> CostModel:
     partner = r ^ 1
     if partner < p:
         _exchange(group, partner, big_msg)  # warm-up (connections, buffers)
-        t_small = _timeit(lambda: _exchange(group, partner, small_msg, small_msg.numel()))
+        t_small = _timeit(lambda: _exchange(group, partner, small_msg, small_msg.numel()), 9)
         t_big = _timeit(lambda: _exchange(group, partner, big_msg, big_msg.numel()))
     else:
         t_small = t_big = 0.0
@@ -175,7 +184,7 @@ def _measure(group: Group) -> CostModel:
     one = torch.zeros(1)
     vec = torch.zeros(big // 4)
     backend.allreduce(one, "sum", group, channel=True)
-    ar_small = _timeit(lambda: backend.allreduce(one, "sum", group, channel=True))
+    ar_small = _timeit(lambda: backend.allreduce(one, "sum", group, channel=True), 9)
     ar_big = _timeit(lambda: backend.allreduce(vec, "sum", group, channel=True))
     part = torch.zeros(max(1, big // p), dtype=torch.uint8)
     ag_small = _timeit(lambda: backend.allgather(small_msg, group, channel=True))
@@ -203,9 +212,12 @@ def _measure(group: Group) -> CostModel:
         alpha_ag=max(ag_small, 1e-7),
         beta_ag=max((ag_big - ag_small) / (part.numel() * p), 1e-12),
         gamma_sparse=max(g_sparse, 1e-10), gamma_dense=max(g_dense, 1e-12))
-    agreed = model.as_tensor()
-    backend.allreduce(agreed, "max", group, channel=True)
-    return CostModel.from_tensor(agreed)
+    # agree on the median over ranks: one descheduled rank on a shared machine must not
+    # set the model for everyone (identical data -> identical choice on every rank)
+    table = torch.stack(backend.allgather(model.as_tensor(), group, channel=True))
+    agreed = CostModel.from_tensor(table.median(dim=0).values)
+    # one message cannot be slower than a whole small allreduce, which needs several
+    return replace(agreed, alpha=min(agreed.alpha, agreed.alpha_ar))
 
 
 def calibrated(group: Group, *, refresh: bool = False) -> CostModel:

@@ -276,8 +276,9 @@ class World(Group):
                 self._executor.shutdown(wait=True)
         # let every rank arrive before the engine tears connections down (a dead peer only
         # costs the timeout here, it is not an error at shutdown)
-        with contextlib.suppress(CommunicationError):
-            self.barrier()
+        if not self._backend.broken and self.size > 1:
+            with contextlib.suppress(CommunicationError):
+                self.barrier()
         self._backend.shutdown()
         if _DEFAULT is self:
             _DEFAULT = None
