@@ -148,6 +148,7 @@ class Search:
         self.input_size_: int | None = None
         self.data_description_ = ""
         self.meta_: dict[str, Any] = {"base_dir": config.base_dir}
+        self._world: Any = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -313,12 +314,24 @@ class Search:
         if w.transport == "comm":
             from oncoscale.nas.workers import CommPool
 
-            world = _comm_world()
-            return CommPool(world)
+            return CommPool(self._world or _comm_world())
         return ProcessPool(evaluator, w.n, threads=w.threads, timeout_s=hard)
 
     def run(self, resume: bool = False) -> Search:
-        """Run until ``[search] evaluations`` candidates have a result; returns ``self``."""
+        """Run until ``[search] evaluations`` candidates have a result; returns ``self``.
+
+        With ``[workers] transport = "comm"`` every rank of the ``oncoscale.comm`` world calls
+        this: rank 0 runs the search, the other ranks serve evaluations until it ends.
+        """
+        self._world = None
+        if self.config.workers.transport == "comm" and self.pool_factory is None:
+            self._world = _comm_world()
+            if self._world.rank != 0:
+                from oncoscale.nas.workers import serve_comm_worker
+
+                evaluator = self.evaluator or self._default_evaluator()
+                serve_comm_worker(self._world, evaluator, self.config.workers.threads)
+                return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load()

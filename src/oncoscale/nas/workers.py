@@ -172,6 +172,19 @@ class ProcessPool:
     def idle(self) -> int:
         return sum(s.task is None for s in self._slots)
 
+    def wait_ready(self, timeout: float = 300.0) -> bool:
+        """Block until every idle worker has started (torch imported, data set up)."""
+        deadline = time.monotonic() + timeout
+        for s in self._slots:
+            while s.task is None and not s.ready:
+                left = deadline - time.monotonic()
+                if left <= 0 or not s.conn.poll(min(left, 1.0)):
+                    if left <= 0 or not s.proc.is_alive():
+                        return False
+                    continue
+                s.ready = s.conn.recv() == "ready"
+        return True
+
     def submit(self, task: Task) -> None:
         for s in self._slots:
             if s.task is None:
