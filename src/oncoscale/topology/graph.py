@@ -4,7 +4,8 @@ The graph follows the Neighborhood Graph Library (Correa & Lindstrom) as used by
 
 1. **Candidates.** The ``k`` nearest neighbours of every sample, from FAISS: exact
    (``IndexFlatL2``) up to ``exact_threshold`` (50 000) samples, HNSW (``IndexHNSWFlat``)
-   above it. For HNSW the recall against exact search is measured on a random sample of
+   above it; in few dimensions (d <= 6) an exact KD-tree (scipy) instead, which is far
+   faster there. For HNSW the recall against exact search is measured on a random sample of
    queries and reported (`KnnResult.recall`).
 2. **Empty-region pruning.** A candidate edge (p, q) is kept when the β-skeleton region of
    (p, q) holds no other point of the tested set. For β >= 1 the region is the *lune*, the
@@ -108,6 +109,7 @@ def knn(
     *,
     method: str = "auto",
     exact_threshold: int = 50_000,
+    kdtree_max_dims: int = 6,
     hnsw_m: int = 16,
     ef_construction: int = 40,
     ef_search: int | None = None,
@@ -118,7 +120,9 @@ def knn(
 ) -> KnnResult:
     """The ``k`` nearest other samples of every sample of X (n, d), with FAISS.
 
-    ``method``: ``"exact"``, ``"hnsw"`` or ``"auto"`` (exact when n <= ``exact_threshold``).
+    ``method``: ``"exact"`` (FAISS ``IndexFlatL2``), ``"kdtree"`` (exact, scipy), ``"hnsw"`` or
+    ``"auto"``: the KD-tree when d <= ``kdtree_max_dims`` (brute force costs n² there, a
+    KD-tree ~ n log n), else exact FAISS when n <= ``exact_threshold``, else HNSW.
     HNSW defaults (M=16, efConstruction=40, efSearch=max(48, 3k)) gave recall@15 0.999 on
     100k uniform samples in 10 dims.
     Queries run in chunks of ``chunk_size``; the sample itself is removed from its own list
@@ -130,9 +134,13 @@ def knn(
     n, d = X.shape
     k = effective_k(k, n)
     if method == "auto":
-        method = "exact" if n <= exact_threshold else "hnsw"
-    if method not in ("exact", "hnsw"):
-        raise ConfigurationError(f"knn method must be 'auto', 'exact' or 'hnsw', found {method!r}")
+        method = "kdtree" if d <= kdtree_max_dims else (
+            "exact" if n <= exact_threshold else "hnsw")
+    if method not in ("exact", "hnsw", "kdtree"):
+        raise ConfigurationError("knn method must be 'auto', 'exact', 'hnsw' or 'kdtree', "
+                                 f"found {method!r}")
+    if method == "kdtree":
+        return _knn_kdtree(X, k, chunk_size, progress, t0)
     xf = np.ascontiguousarray(X, dtype=np.float32)
     if method == "exact":
         index = faiss.IndexFlatL2(d)
@@ -153,6 +161,23 @@ def knn(
     if method == "hnsw":
         recall, sample = _measure_recall(xf, ids, k, recall_sample, seed)
     return KnnResult(ids, dst2, method, recall, sample, time.perf_counter() - t0)
+
+
+def _knn_kdtree(X: np.ndarray, k: int, chunk_size: int, progress: bool, t0: float) -> KnnResult:
+    """Exact kNN with scipy's KD-tree (much faster than brute force in few dimensions)."""
+    from scipy.spatial import cKDTree
+
+    n = X.shape[0]
+    tree = cKDTree(X)
+    kk = min(k + 1, n)
+    ids = np.empty((n, k), dtype=np.int64)
+    dist = np.empty((n, k), dtype=np.float32)
+    for lo in _progress(range(0, n, chunk_size), progress, "kNN", -(-n // chunk_size)):
+        hi = min(lo + chunk_size, n)
+        dd, idx = tree.query(X[lo:hi], kk, workers=-1)
+        dd, idx = dd.reshape(hi - lo, kk), idx.reshape(hi - lo, kk)
+        ids[lo:hi], dist[lo:hi] = _drop_self(idx.astype(np.int64), dd, np.arange(lo, hi), k)
+    return KnnResult(ids, dist, "kdtree", 1.0, 0, time.perf_counter() - t0)
 
 
 def _drop_self(idx: np.ndarray, d2: np.ndarray, rows: np.ndarray, k: int):
