@@ -133,10 +133,14 @@ class CostModel:
                dense_bytes: float | None = None, margin: float = DENSE_MARGIN) -> str:
         """The candidate with the smallest predicted time (ties: earlier in the list).
 
-        The engine's dense allreduce is the reference: a sparse algorithm must be predicted
+        Inputs that are dense by the stream rule go to the engine's dense allreduce. Else
+        the engine's dense allreduce is the reference: a sparse algorithm must be predicted
         faster than ``margin`` x its time (the model does not price every copy, and the
         engine's own implementation is the safer bet when the two are close).
         """
+        if "dense" in candidates and n and \
+                sum(nnz) / len(nnz) * (index_bytes + value_bytes) >= n * value_bytes:
+            return "dense"  # the inputs are dense by the stream rule: nothing to save
         times = {alg: self.predict(alg, p, n, nnz, value_bytes, index_bytes,
                                    dense_bytes).seconds for alg in candidates}
         best = min(candidates, key=times.__getitem__)
