@@ -289,6 +289,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="processes / threads (2 = goal machine)")
     ap.add_argument("--queries", type=int, default=None)
     ap.add_argument("--skip", type=str, default="", help="comma list: reference,knn,e2e,latency")
+    ap.add_argument("--cube", type=Path, default=None,
+                    help="keep the end-to-end cube at this path (or, with --skip e2e, measure "
+                         "the latency of this existing cube)")
     args = ap.parse_args()
     q = args.quick
     ref_sizes = ([int(s) for s in args.ref_sizes.split(",")] if args.ref_sizes
@@ -310,7 +313,7 @@ def main() -> None:
         print("[2] kNN recall: HNSW vs exact FAISS", flush=True)
         knn_recall(knn_n, 10, 15, results)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        cube = Path(tmp) / "bench.duckdb"
+        cube = args.cube or Path(tmp) / "bench.duckdb"
         if "e2e" not in skip:
             print(f"[3] end to end build, {large} x 10, {args.jobs} processes", flush=True)
             end_to_end(large, 10, 15, args.jobs, cube, results)

@@ -354,7 +354,10 @@ class Cube:
             sd = sd.sort_values("value", ascending=(kind == "min"), kind="stable")
             self._saddles[kind] = {c: sd[c].to_numpy() for c in
                                    ("a", "b", "saddle", "value", "pc1", "pc2")}
-        self._resolve = lru_cache(maxsize=256)(self._resolve_uncached)
+        self._resolve = lru_cache(maxsize=64)(self._resolve_uncached)
+        self._lut = lru_cache(maxsize=16)(self._lut_uncached)
+        self._leaf_max = self.leaves["max"].to_numpy()
+        self._leaf_min = self.leaves["min"].to_numpy()
         self._leaf_segments = lru_cache(maxsize=64)(self._leaf_segments_uncached)
         self._spine_cached = lru_cache(maxsize=64)(self._spine)
         self._segments_cached = lru_cache(maxsize=64)(self._segments)
@@ -395,6 +398,14 @@ class Cube:
         return np.unique(p[np.isfinite(p) & (p >= base)])
 
     # --- hierarchy -------------------------------------------------------------------------
+    def _lut_uncached(self, persistence: float, kind: str) -> np.ndarray:
+        """Dense map sample index -> surviving extremum at ``persistence`` (only entries of
+        extrema are meaningful); a gather is much cheaper than a search per query."""
+        ids, reps = self._resolve(persistence, kind)
+        lut = np.zeros(self.n, dtype=np.int64)
+        lut[ids] = reps
+        return lut
+
     def _resolve_uncached(self, persistence: float, kind: str):
         from oncoscale.topology.morse import resolve
 
@@ -407,11 +418,9 @@ class Cube:
         return self._leaf_segments(p)
 
     def _leaf_segments_uncached(self, p: float) -> pd.DataFrame:
-        ids_x, rep_x = self._resolve(p, "max")
-        ids_n, rep_n = self._resolve(p, "min")
         lv = self.leaves
-        smax = rep_x[np.searchsorted(ids_x, lv["max"].to_numpy())]
-        smin = rep_n[np.searchsorted(ids_n, lv["min"].to_numpy())]
+        smax = self._lut(p, "max")[self._leaf_max]
+        smin = self._lut(p, "min")[self._leaf_min]
         key = smax * self.n + smin
         _, seg = np.unique(key, return_inverse=True)
         return pd.DataFrame({"leaf": lv["leaf"].to_numpy(), "seg_max": smax, "seg_min": smin,
@@ -652,10 +661,10 @@ class Cube:
                                        "persistence": t["persistence"][at],
                                        "volume": vol.astype(np.int64), "pc1": t["pc1"][at],
                                        "pc2": t["pc2"][at]}))
-            ids, reps = self._resolve(p, kind)
+            lut = self._lut(p, kind)
             s = self._saddles[kind]  # sorted best saddle first (highest for maxima)
-            ra = reps[np.searchsorted(ids, s["a"])]
-            rb = reps[np.searchsorted(ids, s["b"])]
+            ra = lut[s["a"]]
+            rb = lut[s["b"]]
             a, b = np.minimum(ra, rb), np.maximum(ra, rb)
             keep = np.flatnonzero(a != b)
             _, first = np.unique(a[keep] * self.n + b[keep], return_index=True)
