@@ -149,7 +149,8 @@ def textbook(X: torch.Tensor, L: int, B: int, device: torch.device, epochs: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small shapes, one repeat")
+    ap.add_argument("--quick", action="store_true",
+                    help="one shape (5000 genes), 3 timed steps per variant, one repeat")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None,
@@ -163,7 +164,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        shapes, repeats, steps, epochs = [(2000, 500, 256)], args.repeats or 1, 4, 3
+        shapes, repeats, steps, epochs = [(5000, 1000, 256)], args.repeats or 1, 3, 2
     else:
         shapes, repeats, steps, epochs = ([(5000, 1000, 256), (20000, 1000, 256)],
                                           args.repeats or 2, 5, 3)

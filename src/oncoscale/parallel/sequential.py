@@ -672,7 +672,7 @@ def fused_optimizer(name: str, params: Iterator[nn.Parameter], *, lr: float,
     and dtype, else the default implementation.
 
     The fused Adam step reads and writes each parameter once instead of about ten times; on
-    the 20,000-gene autoencoder it is the difference between ~25 ms and ~400 ms per step on
+    the 20,000-gene autoencoder it is the difference between ~8 ms and ~130 ms per step on
     CPU (see benchmarks/autoencoder.md).
     """
     params = list(params)
