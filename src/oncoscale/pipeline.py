@@ -190,6 +190,7 @@ def train_autoencoder(train: ad.AnnData, config: PipelineConfig, model_dir: str 
 
     from oncoscale.models.autoencoder import Autoencoder, pearson_correlation
     from oncoscale.parallel import fit
+    from oncoscale.parallel.sequential import fused_optimizer
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +203,7 @@ def train_autoencoder(train: ad.AnnData, config: PipelineConfig, model_dir: str 
     t0 = time.perf_counter()
     result = fit(
         model, X, torch.nn.functional.mse_loss,
-        optimizer=lambda params: torch.optim.Adam(params, lr=lr),
+        optimizer=lambda params: fused_optimizer("adam", params, lr=lr),
         epochs=config.epochs, batch_size=config.batch_size,
         validation=config.validation or None,
         metrics={"pearson": pearson_correlation},
@@ -268,6 +269,7 @@ def _rank_main(argv: list[str]) -> None:
 
     from oncoscale.models.autoencoder import Autoencoder
     from oncoscale.parallel import fit
+    from oncoscale.parallel.sequential import fused_optimizer
 
     data_path, cfg_path, model_dir = Path(argv[0]), Path(argv[1]), Path(argv[2])
     raw = json.loads(cfg_path.read_text())
@@ -280,7 +282,7 @@ def _rank_main(argv: list[str]) -> None:
     lr = config.lr
     P = {"data": 1, "model": config.workers}.get(config.strategy, config.partitions)
     result = fit(model, X, torch.nn.functional.mse_loss,
-                 optimizer=lambda params: torch.optim.Adam(params, lr=lr),
+                 optimizer=lambda params: fused_optimizer("adam", params, lr=lr),
                  epochs=config.epochs, batch_size=config.batch_size, strategy=config.strategy,
                  num_partitions=P, num_replicas=config.workers // P,
                  checkpoint_dir=model_dir / "ranks", gather_on_rank0=True,

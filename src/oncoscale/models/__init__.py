@@ -15,6 +15,10 @@ _EXPORTS: dict[str, str] = {
     "TiedLinear": "autoencoder",
     "latent": "autoencoder",
     "pearson_correlation": "autoencoder",
+    "ResNet": "resnet",
+    "resnet_depths": "resnet",
+    "build_network": "genome_net",
+    "GenomeRejectedError": "genome_net",
 }
 
 __all__ = sorted(_EXPORTS)
