@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 gdc_app = typer.Typer(help="Read GDC/TCGA expression downloads.", no_args_is_help=True)
 ae_app = typer.Typer(help="Train the expression autoencoder.", no_args_is_help=True)
