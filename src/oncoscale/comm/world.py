@@ -13,7 +13,6 @@ every rank calls :meth:`World.new_group` with the same ranks in the same order.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -274,11 +273,8 @@ class World(Group):
             self._closed = True
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
-        # let every rank arrive before the engine tears connections down (a dead peer only
-        # costs the timeout here, it is not an error at shutdown)
-        if not self._backend.broken and self.size > 1:
-            with contextlib.suppress(CommunicationError):
-                self.barrier()
+        # no barrier here: whether a rank saw a failure is local knowledge, and a barrier
+        # that only some ranks enter would cost the others the whole timeout
         self._backend.shutdown()
         if _DEFAULT is self:
             _DEFAULT = None
