@@ -335,7 +335,7 @@ def main() -> None:
         old.update(results)
         old["runs"] = runs
         results = old
-    path.write_text(json.dumps(results, indent=2, default=float))
+    path.write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {out_dir / 'topology.json'}")
 
 

@@ -354,6 +354,9 @@ class Cube:
             sd = sd.sort_values("value", ascending=(kind == "min"), kind="stable")
             self._saddles[kind] = {c: sd[c].to_numpy() for c in
                                    ("a", "b", "saddle", "value", "pc1", "pc2")}
+            idx = np.int32 if self.n < 2**31 else np.int64
+            for c in ("a", "b"):
+                self._saddles[kind][c] = self._saddles[kind][c].astype(idx)
         self._resolve = lru_cache(maxsize=64)(self._resolve_uncached)
         self._lut = lru_cache(maxsize=16)(self._lut_uncached)
         self._leaf_max = self.leaves["max"].to_numpy()
@@ -402,7 +405,7 @@ class Cube:
         """Dense map sample index -> surviving extremum at ``persistence`` (only entries of
         extrema are meaningful); a gather is much cheaper than a search per query."""
         ids, reps = self._resolve(persistence, kind)
-        lut = np.zeros(self.n, dtype=np.int64)
+        lut = np.zeros(self.n, dtype=np.int32 if self.n < 2**31 else np.int64)
         lut[ids] = reps
         return lut
 
@@ -419,8 +422,8 @@ class Cube:
 
     def _leaf_segments_uncached(self, p: float) -> pd.DataFrame:
         lv = self.leaves
-        smax = self._lut(p, "max")[self._leaf_max]
-        smin = self._lut(p, "min")[self._leaf_min]
+        smax = self._lut(p, "max")[self._leaf_max].astype(np.int64)
+        smin = self._lut(p, "min")[self._leaf_min].astype(np.int64)
         key = smax * self.n + smin
         _, seg = np.unique(key, return_inverse=True)
         return pd.DataFrame({"leaf": lv["leaf"].to_numpy(), "seg_max": smax, "seg_min": smin,
@@ -665,11 +668,13 @@ class Cube:
             s = self._saddles[kind]  # sorted best saddle first (highest for maxima)
             ra = lut[s["a"]]
             rb = lut[s["b"]]
+            keep = np.flatnonzero(ra != rb)
+            ra, rb = ra[keep].astype(np.int64), rb[keep].astype(np.int64)
             a, b = np.minimum(ra, rb), np.maximum(ra, rb)
-            keep = np.flatnonzero(a != b)
-            _, first = np.unique(a[keep] * self.n + b[keep], return_index=True)
-            sel = keep[np.sort(first)]  # the first (best) saddle of every pair, best first
-            links.append(pd.DataFrame({"kind": kind, "a": a[sel], "b": b[sel],
+            _, first = np.unique(a * self.n + b, return_index=True)
+            first = np.sort(first)  # the first (best) saddle of every pair, best first
+            sel = keep[first]
+            links.append(pd.DataFrame({"kind": kind, "a": a[first], "b": b[first],
                                        "saddle": s["saddle"][sel], "value": s["value"][sel],
                                        "pc1": s["pc1"][sel], "pc2": s["pc2"][sel]}))
         return {"nodes": pd.concat(nodes, ignore_index=True),
