@@ -309,6 +309,7 @@ class Cube:
             raise InputError(f"not a DuckDB database (corrupt or foreign file): {exc}",
                              path=self.path) from None
         try:
+            self._con.execute("SET enable_progress_bar = false")
             have = {r[0] for r in self._con.execute(
                 "SELECT table_name FROM information_schema.tables").fetchall()}
             missing = [t for t in _TABLES if t not in have]
