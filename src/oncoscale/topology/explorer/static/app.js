@@ -107,7 +107,10 @@
     const vmax = Math.max(1, ...nodes.volume);
     for (const kind of ["max", "min"]) {
       const idx = nodes.kind.map((k, i) => (k === kind ? i : -1)).filter((i) => i >= 0);
-      const selected = (i) => state.selection && state.selection[kind] === nodes.extremum[i];
+      const segRow = state.selection && state.selection.seg !== undefined && state.segments ?
+        state.segments.segment.indexOf(state.selection.seg) : -1;
+      const selected = (i) => (state.selection && state.selection[kind] === nodes.extremum[i]) ||
+        (segRow >= 0 && state.segments[kind][segRow] === nodes.extremum[i]);
       traces.push({
         type: "scatter", mode: "markers", name: kind === "max" ? "maxima" : "minima",
         x: idx.map((i) => nodes.pc1[i]), y: idx.map((i) => nodes.value[i]),
