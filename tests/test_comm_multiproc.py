@@ -133,6 +133,12 @@ def test_faults_raise_communication_error_fast(tmp_path: Path) -> None:
 # ===================================== workers ==============================================
 
 
+def _emit(rank: int, info: dict) -> None:
+    """One RESULT line in a single write (ranks share stdout; short writes do not interleave)."""
+    sys.stdout.flush()
+    os.write(1, f"RESULT {rank} {json.dumps(info)}\n".encode())
+
+
 def _exit_now() -> None:
     """Leave without running C++ static destructors: gloo occasionally aborts there
     ("terminate called without an active exception") after a clean shutdown."""
@@ -349,7 +355,7 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
         world.barrier()
     info["checks"] = checks
     info["failures"] = failures
-    print("RESULT", rank, json.dumps(info), flush=True)
+    _emit(rank, info)
     _ = np
     world.shutdown()
     if backend == "torch":  # under mpiexec a normal exit lets mpi4py finalize MPI
@@ -398,7 +404,7 @@ def _ddp() -> None:
     info = {"rank": rank, "failures": [], "loss_initial": initial, "loss_plain": plain,
             "loss_hook_dense": ours, "loss_topk_ef": topk,
             "topk_sent_fraction": st.sent_entries / max(1, st.dense_entries)}
-    print("RESULT", rank, json.dumps(info), flush=True)
+    _emit(rank, info)
     dist.barrier()
     world.shutdown()
     _exit_now()
