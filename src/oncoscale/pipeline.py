@@ -613,3 +613,7 @@ if __name__ == "__main__":  # one rank of a multi-rank training run
     import sys
 
     _rank_main(sys.argv[1:])
+    # gloo can abort at interpreter exit after a finished run; the outputs are written
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -87,8 +88,22 @@ class TorchBackend(Backend):
                 dist.init_process_group(engine, store=dist.HashStore(), rank=0, world_size=1,
                                         timeout=self._td)
             elif info.launcher == "torchrun":
-                dist.init_process_group(engine, init_method="env://", rank=info.rank,
-                                        world_size=info.size, timeout=self._td)
+                restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+                if restart == "0" or "MASTER_ADDR" not in os.environ:
+                    dist.init_process_group(engine, init_method="env://", rank=info.rank,
+                                            world_size=info.size, timeout=self._td)
+                else:
+                    # torchrun hands every attempt the same agent store and the default
+                    # group's keys carry no attempt prefix: a restarted rank could read a dead
+                    # peer's address. Prefix the keys with the attempt number.
+                    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                    store = dist.TCPStore(os.environ["MASTER_ADDR"],
+                                          int(os.environ["MASTER_PORT"]), info.size,
+                                          is_master=info.rank == 0 and not agent,
+                                          timeout=self._td, wait_for_workers=False)
+                    dist.init_process_group(
+                        engine, store=dist.PrefixStore(f"oncoscale/attempt{restart}", store),
+                        rank=info.rank, world_size=info.size, timeout=self._td)
             else:
                 store = None
                 addr, port = info.master_addr, info.master_port

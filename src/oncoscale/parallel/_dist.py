@@ -44,32 +44,8 @@ def _launched() -> bool:
     return launched_size() > 1
 
 
-def _init_torchelastic_restart(timeout_s: float) -> None:
-    """Initialise the default group on a torchrun *restart* with a per-attempt key prefix.
-
-    torchrun (torch 2.13, ``--standalone`` and static rendezvous) hands every attempt the
-    same agent TCPStore, and the default group's keys carry no attempt prefix, so a
-    restarted rank can read a dead peer's gloo address and fail to connect. Prefixing the
-    store with the restart count makes every attempt rendezvous on fresh keys.
-    """
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if dist.is_initialized() or restart in (None, "0") or "MASTER_ADDR" not in os.environ:
-        return
-    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    td = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
-                          is_master=(rank == 0 and not agent_store), timeout=td,
-                          wait_for_workers=False)
-    name = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(name, store=dist.PrefixStore(f"oncoscale/attempt{restart}", store),
-                            rank=rank, world_size=size, timeout=td)
-
-
 def init_world(backend: str = "auto", timeout_s: float = 600.0) -> WorldInfo:
     """Join the world of ranks (idempotent); a single process when nothing launched us."""
-    if backend in ("auto", "torch"):
-        _init_torchelastic_restart(timeout_s)
     try:  # preferred: the oncoscale communication layer
         from oncoscale.comm import init as comm_init  # type: ignore[attr-defined]
     except ImportError:
