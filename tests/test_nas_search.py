@@ -267,3 +267,37 @@ def test_config_errors(tmp_path):
     with pytest.raises(InputError, match="not valid TOML"):
         load_config(p)
     assert np.isfinite(tiny_config(tmp_path).budget.timeout_s)
+
+
+COMM_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from oncoscale import comm
+from oncoscale.nas.workers import CommPool, serve_comm_worker
+from test_nas_search import make_search
+world = comm.init()
+search = make_search({run!r}, search={{"evaluations": 3, "population": 2}})
+if world.rank == 0:
+    search.pool_factory = lambda e: CommPool(world)
+    s = search.run()
+    print("RESULT", len(s.finished()), sorted({{c.worker for c in s.finished()}}))
+else:
+    serve_comm_worker(world, search.evaluator)
+world.shutdown()
+"""
+
+
+@pytest.mark.multiproc
+def test_comm_world_workers(tmp_path):
+    """Master on rank 0, evaluations on rank 1 of a real 2-rank oncoscale.comm world."""
+    script = tmp_path / "comm_nas.py"
+    script.write_text(COMM_SCRIPT.format(tests=str(TESTS), run=str(tmp_path / "run")))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
+                          str(script)], capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RESULT 3 ['rank-1']" in out.stdout
+    h = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert len(h) == 3 and (h["worker"] == "rank-1").all()

@@ -182,7 +182,10 @@ class ProcessPool:
                     if left <= 0 or not s.proc.is_alive():
                         return False
                     continue
-                s.ready = s.conn.recv() == "ready"
+                try:
+                    s.ready = s.conn.recv() == "ready"
+                except (EOFError, OSError):
+                    return False  # died while starting; wait() reports it with its task
         return True
 
     def submit(self, task: Task) -> None:
@@ -291,13 +294,17 @@ def _recv_obj(world: Any, src: int) -> Any:
 class CommPool:
     """Workers are ranks 1..size-1 of an ``oncoscale.comm`` world; this process is rank 0.
 
-    Needs a world with tensor ``send(t, dst, tag=)``, ``recv(t, src, tag=)`` and
-    ``irecv(t, src, tag=)`` returning a handle with ``is_completed()`` or ``test()``.
-    Worker death is not detectable through a collective engine (the job aborts), so this
-    pool re-queues nothing; prefer :class:`ProcessPool` on one node.
+    Uses the world's blocking tensor ``send(t, dst, tag=)`` / ``recv(t, src, tag=)``: one
+    receiver thread per worker rank waits for its results (gloo's point-to-point handles
+    cannot be polled), so the master stays asynchronous. Worker death is not detectable
+    through a collective engine (the launcher aborts the job), so this pool re-queues
+    nothing; on one node prefer :class:`ProcessPool`.
     """
 
     def __init__(self, world: Any) -> None:
+        import queue
+        import threading
+
         if world.rank != 0:
             raise ValueError("CommPool is created on rank 0; other ranks call serve_comm_worker")
         if world.size < 2:
@@ -305,55 +312,62 @@ class CommPool:
         self.world = world
         self.n_workers = world.size - 1
         self._busy: dict[int, Task] = {}
-        self._pending: dict[int, tuple[Any, Any]] = {}
+        self._results: queue.Queue[tuple[int, Any]] = queue.Queue()
+        self._threads = [threading.Thread(target=self._receive, args=(r,), daemon=True,
+                                          name=f"nas-comm-recv-{r}")
+                         for r in range(1, world.size)]
+        for t in self._threads:
+            t.start()
+
+    def _receive(self, rank: int) -> None:
+        while True:
+            try:
+                msg = _recv_obj(self.world, rank)
+            except Exception as exc:  # the engine failed: report and stop listening
+                self._results.put((rank, exc))
+                return
+            if msg == "bye":
+                return
+            self._results.put((rank, msg))
 
     def idle(self) -> int:
         return self.n_workers - len(self._busy)
 
     def submit(self, task: Task) -> None:
-        import torch
-
         for r in range(1, self.world.size):
             if r not in self._busy:
                 self._busy[r] = task
                 _send_obj(self.world, task, r)
-                n = torch.zeros(1, dtype=torch.int64)
-                self._pending[r] = (n, self.world.irecv(n, r, tag=_TAG_LEN))
                 return
         raise RuntimeError("no idle worker")
 
-    @staticmethod
-    def _done(handle: Any) -> bool:
-        for name in ("is_completed", "test"):
-            fn = getattr(handle, name, None)
-            if fn is not None:
-                out = fn()
-                return bool(out[0] if isinstance(out, tuple) else out)
-        handle.wait()
-        return True
-
     def wait(self, timeout: float) -> list[Event]:
-        import torch
+        import queue
 
         events: list[Event] = []
-        deadline = time.monotonic() + timeout
-        while not events and self._busy:
-            for r in list(self._pending):
-                n, h = self._pending[r]
-                if self._done(h):
-                    buf = torch.empty(int(n.item()), dtype=torch.uint8)
-                    self.world.recv(buf, r, tag=_TAG_MSG)
-                    _cand, result = pickle.loads(buf.numpy().tobytes())
-                    events.append(Done(self._busy.pop(r), result, f"rank-{r}"))
-                    del self._pending[r]
-            if events or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        return events
+        try:
+            item = self._results.get(timeout=timeout)
+        except queue.Empty:
+            return events
+        while True:
+            rank, msg = item
+            task = self._busy.pop(rank, None)
+            if task is not None:
+                if isinstance(msg, Exception):
+                    events.append(Died(task, f"rank-{rank}", f"{type(msg).__name__}: {msg}"))
+                else:
+                    events.append(Done(task, msg[1], f"rank-{rank}"))
+            try:
+                item = self._results.get_nowait()
+            except queue.Empty:
+                return events
 
     def close(self) -> None:
         for r in range(1, self.world.size):
-            _send_obj(self.world, None, r)
+            with contextlib.suppress(Exception):
+                _send_obj(self.world, None, r)
+        for t in self._threads:
+            t.join(timeout=10)
 
 
 def serve_comm_worker(world: Any, evaluator: EvaluateFn, threads: int = 1) -> None:
@@ -367,6 +381,7 @@ def serve_comm_worker(world: Any, evaluator: EvaluateFn, threads: int = 1) -> No
     while True:
         task = _recv_obj(world, 0)
         if task is None:
+            _send_obj(world, "bye", 0)
             return
         result = evaluator(task.genome, task.seed, task.cand_id)
         _send_obj(world, (task.cand_id, result), 0)
