@@ -222,8 +222,14 @@ def main() -> None:
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--skip-optuna", action="store_true")
     ap.add_argument("--tag", default=None, help="sub-folder of bench-out/nas and JSON suffix")
+    ap.add_argument("--extend", type=int, default=None,
+                    help="resume the search of --tag up to this many evaluations (no retraining "
+                         "of evaluated candidates) and redo the found-vs-baseline comparison")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.extend:
+        extend(args)
+        return
     n_patches = args.patches or (500 if args.quick else 1200)
     evals = args.evaluations or (10 if args.quick else 32)
     epochs = args.epochs or (2.0 if args.quick else 3.0)
@@ -333,6 +339,39 @@ def main() -> None:
     for r in scale_rows:
         print(f"| evals/hour, {r['workers']} worker(s) | {r['evals_per_hour']:.0f} |")
     print(f"\nwrote {out_json} ({result['total_wall_s']:.0f} s total)")
+
+
+def extend(args: argparse.Namespace) -> None:
+    """Continue a finished benchmark search (``--tag``) to ``--extend`` evaluations."""
+    tag = args.tag or ("quick" if args.quick else "full")
+    root = OUT / "nas" / tag
+    epochs = args.epochs or (2.0 if args.quick else 3.0)
+    cfg = make_config(root, args.extend, args.workers, epochs, args.seed)
+    t0 = time.perf_counter()
+    s = Search(cfg, root / "ours", progress=True).run(resume=True)
+    wall = time.perf_counter() - t0
+    rec = [dict(r) for r in s.history_rows()]
+    meta = s.meta_
+    remeasure(rec, tuple(meta["input_shape"]), 30)
+    _, splits = prepare_data(cfg)
+    base = [r for r in rec if str(r["origin"]).startswith("baseline") and r["status"] == "ok"]
+    best = max(base, key=lambda r: (r["accuracy"], -r["latency_ms"]))
+    close = [r for r in front_of(rec) if r["accuracy"] >= best["accuracy"] - 0.01]
+    found = min(close, key=lambda r: r["latency_ms"])
+    out = {"evaluations": len(rec), "resume_wall_s": wall,
+           "baselines": [(r["origin"], r["accuracy"], r["latency_ms"]) for r in base],
+           "found": {k: found[k] for k in ("id", "genome", "accuracy", "latency_ms", "params",
+                                           "origin")},
+           "found_test": test_accuracy(root / "ours", found["id"], found["genome"], meta,
+                                       splits.test),
+           "base_test": test_accuracy(root / "ours", best["id"], best["genome"], meta,
+                                      splits.test),
+           "speedup": best["latency_ms"] / found["latency_ms"],
+           "front": [(r["id"], r["accuracy"], r["latency_ms"], r["params"])
+                     for r in front_of(rec)]}
+    path = OUT / f"nas-{tag}-extended.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
