@@ -133,8 +133,12 @@ def export_network(run_dir: str | os.PathLike[str], cand_id: int,
     pt2: dict[str, Any] = {"path": "model.pt2"}
     try:
         ep = torch.export.export(net, (example,))
-        with atomic_path(out_dir / "model.pt2") as tmp:
-            torch.export.save(ep, str(tmp))
+        tmp_pt2 = out_dir / f".model.{os.getpid()}.tmp.pt2"  # torch wants a .pt2 suffix
+        try:
+            torch.export.save(ep, str(tmp_pt2))
+            os.replace(tmp_pt2, out_dir / "model.pt2")
+        finally:
+            tmp_pt2.unlink(missing_ok=True)
     except Exception as exc:
         pt2 = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     # ONNX (TorchScript-based exporter: works offline without onnxscript)
