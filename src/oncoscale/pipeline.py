@@ -559,6 +559,10 @@ def run(sample_sheet: str | Path, data_dir: str | Path | None, out_dir: str | Pa
         else "normal",
         "best_node_sns_binary": float(top.iloc[0]["sns_binary"]),
         "top_nodes": [int(i) for i in top.index],
+        "top": [{"node": int(i), "sns_binary": float(r["sns_binary"]), "auc": float(r["auc"]),
+                 "threshold_accuracy": float(r["threshold_accuracy"]),
+                 "higher_in": "cancer" if r["mean1"] > r["mean0"] else "normal"}
+                for i, r in top.iterrows()],
         "seconds": round(time.perf_counter() - t0, 1),
         "config": asdict(config),
     }

@@ -61,18 +61,19 @@ def demo(
 def _print_summary(summary: dict) -> None:
     from rich.table import Table
 
-    t = Table(title="Top latent nodes (lower SNS = better separation)")
-    for col in ("rank", "node"):
-        t.add_column(col)
-    for i, node in enumerate(summary["top_nodes"], 1):
-        t.add_row(str(i), str(node))
-    Console().print(t)
-    Console().print(
-        f"best node {summary['best_node']}: higher in {summary['best_node_higher_in']}, "
-        f"AUC {summary['best_node_auc']:.3f} (separation "
-        f"{summary['best_node_auc_separation']:.3f}), SNS "
-        f"{summary['best_node_sns_binary']:.3f}; {summary['pairs']} pairs, "
-        f"{summary['genes']} genes, {summary['seconds']} s\nreport: {summary['report']}")
+    t = Table(title="Latent nodes that best separate cancer from matched normal samples")
+    for col in ("rank", "node", "SNS (lower = better)", "AUC", "1-threshold accuracy",
+                "higher in"):
+        t.add_column(col, justify="right")
+    for i, row in enumerate(summary["top"], 1):
+        t.add_row(str(i), str(row["node"]), f"{row['sns_binary']:.3f}", f"{row['auc']:.3f}",
+                  f"{row['threshold_accuracy']:.1%}", row["higher_in"])
+    out = Console()
+    out.print(t)
+    out.print(f"{summary['pairs']} tumour/normal pairs, {summary['training_tumours']} training "
+              f"tumours, {summary['genes']} genes, {summary['latent_nodes']} latent nodes; "
+              f"{summary['seconds']} s")
+    out.print(f"report: {summary['report']}")
 
 
 @gdc_app.command("build")
