@@ -7,16 +7,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+from oncoscale.cli._common import console
+from oncoscale.cli._common import fail as _fail
 
 nas_app = typer.Typer(help="Evolutionary architecture search for pathology patches "
                            "(accuracy and inference speed, NSGA-II, many workers).",
                       no_args_is_help=True)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 def _print_front(run_dir: Path) -> None:

@@ -7,15 +7,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-console = Console(stderr=True, soft_wrap=True)
+from oncoscale.cli._common import console
+from oncoscale.cli._common import fail as _fail
 
 gdc_app = typer.Typer(help="Read GDC/TCGA expression downloads.", no_args_is_help=True)
 ae_app = typer.Typer(help="Train the expression autoencoder.", no_args_is_help=True)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 def _log(msg: str) -> None:

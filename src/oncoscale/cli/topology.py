@@ -5,18 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
+from oncoscale.cli._common import console
+from oncoscale.cli._common import fail as _fail
 
 topo_app = typer.Typer(help="Topological exploration of a function over high-dimensional "
                             "samples: neighbourhood graph, Morse-Smale complex, datacube.",
                        no_args_is_help=True)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 @topo_app.command("build")
