@@ -31,6 +31,11 @@ MUTATIONS = (
 )
 
 
+#: layer-gene field -> the SearchSpace attribute holding its choices
+_SPACE_FIELD = {"filters": "filters", "kernel": "kernels", "stride": "strides",
+                "act": "activations"}
+
+
 def _neighbour(rng: np.random.Generator, seq: tuple, value: object) -> object:
     """A different value from ``seq``, preferring the neighbours of ``value``."""
     if len(seq) < 2:
@@ -70,21 +75,15 @@ def _apply(op: str, g: Genome, space: SearchSpace, rng: np.random.Generator) -> 
             return None
         i = int(rng.integers(len(L) - 1))
         L[i], L[i + 1] = L[i + 1], L[i]
-    elif op.startswith("conv_"):
-        idx = _indices(g.layers, Conv)
+    elif op.startswith(("conv_", "res_")):
+        kind = Conv if op.startswith("conv_") else Residual
+        field = op.split("_", 1)[1]
+        idx = _indices(g.layers, kind)
         if not idx:
             return None
         i = pick(idx)
-        c = L[i]
-        field = op[5:]
-        if field == "filters":
-            L[i] = replace(c, filters=_neighbour(rng, space.filters, c.filters))
-        elif field == "kernel":
-            L[i] = replace(c, kernel=_neighbour(rng, space.kernels, c.kernel))
-        elif field == "stride":
-            L[i] = replace(c, stride=_neighbour(rng, space.strides, c.stride))
-        else:
-            L[i] = replace(c, act=_neighbour(rng, space.activations, c.act))
+        choices = getattr(space, _SPACE_FIELD[field])
+        L[i] = replace(L[i], **{field: _neighbour(rng, choices, getattr(L[i], field))})
     elif op == "pool_kind":
         idx = _indices(g.layers, Pool)
         if not idx:
@@ -110,19 +109,6 @@ def _apply(op: str, g: Genome, space: SearchSpace, rng: np.random.Generator) -> 
         i = pick(idx)
         choices = tuple(p for p in space.dropouts if p > 0) or (0.1,)
         L[i] = Dropout(float(_neighbour(rng, choices, L[i].p)))
-    elif op.startswith("res_"):
-        idx = _indices(g.layers, Residual)
-        if not idx:
-            return None
-        i = pick(idx)
-        r = L[i]
-        field = op[4:]
-        if field == "filters":
-            L[i] = replace(r, filters=_neighbour(rng, space.filters, r.filters))
-        elif field == "stride":
-            L[i] = replace(r, stride=_neighbour(rng, space.strides, r.stride))
-        else:
-            L[i] = replace(r, act=_neighbour(rng, space.activations, r.act))
     elif op == "head_hidden":
         return replace(g, head=replace(g.head, hidden=_neighbour(rng, space.hidden,
                                                                   g.head.hidden)))
