@@ -97,6 +97,36 @@ def _expect_error(name, fn, kind, text):
     return {"check": name, "rank": int(os.environ["RANK"]), "ok": False, "message": "no error"}
 
 
+def _batchnorm_replicas(data, loss) -> dict:
+    """Data parallel with batch norm: replicas see different batches, so their running
+    statistics differ unless the engine averages them; with ``sync_buffers=False`` they must
+    differ (the check would pass vacuously otherwise)."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    from oncoscale.parallel import fit
+
+    def gathered_stats(sync: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                              nn.Linear(16, 3))
+        fit(model, data, loss, optimizer=lambda p: torch.optim.SGD(p, lr=0.05), epochs=1,
+            batch_size=16, strategy="data", verbose=False, sync_buffers=sync)
+        bn = model[1]
+        mine = torch.cat([bn.running_mean, bn.running_var])
+        every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, mine)
+        return torch.stack(every)
+
+    synced, free = gathered_stats(True), gathered_stats(False)
+    spread_synced = float((synced - synced[0]).abs().max())
+    spread_free = float((free - free[0]).abs().max())
+    return {"check": "batchnorm-buffers-R2", "rank": int(os.environ["RANK"]),
+            "ok": spread_synced < 1e-6 and spread_free > 1e-4,
+            "message": f"spread synced {spread_synced:.2e}, unsynced {spread_free:.2e}"}
+
+
 def battery(world: int) -> list[dict]:
     import torch
     from torch import nn
@@ -166,6 +196,7 @@ def battery(world: int) -> list[dict]:
         out.append(_equivalence("resnet-skip-model-P2-gpipe", make["resnet"], data["img"], ce,
                                 strategy="model", micro_batches=2, batch_size=8, epochs=1,
                                 schedule="gpipe", balance=["layer1.0.conv2"]))
+        out.append(_batchnorm_replicas(data["mlp"], mse))
         from torch.utils.data import TensorDataset
         out.append(_equivalence("dataset-resnet-none-data-R2", lambda: make["resnet"](8, "none"),
                                 TensorDataset(*data["img"]), ce, strategy="data",
@@ -274,6 +305,7 @@ def test_four_ranks_every_strategy_matches_sequential(tmp_path: Path) -> None:
 def test_two_ranks_model_and_data_parallel_match_sequential(tmp_path: Path) -> None:
     rows, _ = _launch(tmp_path, 2, "battery")
     assert len([r for r in rows if "param_diff" in r]) == 5
+    assert {r["check"] for r in rows} >= {"batchnorm-buffers-R2"}
     # receive buffers are reused: 6 steps x 4 micro-batches, but GPipe needs at most 4 in
     # flight per shape (micro-batch sizes 4, 2 and 1 occur) -> at most 8 allocations
     gpipe = [r for r in rows if r["check"] == "mlp-model-P2-gpipe"]

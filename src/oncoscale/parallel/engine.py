@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from oncoscale.errors import ConfigurationError
+from oncoscale.errors import CommunicationError, ConfigurationError
 from oncoscale.parallel import _dist
 from oncoscale.parallel.balance import Plan, make_plan, resolve_boundaries
 from oncoscale.parallel.layout import Layout
@@ -124,7 +124,8 @@ def fit(model: nn.Module, data: Any, loss_fn: Callable[[Any, Any], torch.Tensor]
         max_steps: int | None = None,
         callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
         verbose: bool = True, device: str | torch.device | None = None,
-        backend: str = "auto", target: Any = None, **sequential_kwargs: Any,
+        backend: str = "auto", target: Any = None, sync_buffers: bool = True,
+        **sequential_kwargs: Any,
         ) -> Any:
     """Train ``model`` with data, model (pipeline) or hybrid parallelism.
 
@@ -164,6 +165,10 @@ def fit(model: nn.Module, data: Any, loss_fn: Callable[[Any, Any], torch.Tensor]
         device: default ``cuda:<local_rank>`` when available, else CPU.
         backend: passed to ``oncoscale.comm.init``.
         target: targets for tensor ``data`` when not in a tuple.
+        sync_buffers: after every optimizer step, average the floating-point buffers
+            (batch-norm running mean and variance) over the replicas of each partition, so
+            every replica holds the same model (integer buffers such as
+            ``num_batches_tracked`` already agree). False keeps per-replica statistics.
 
     Returns:
         :class:`ParallelFitResult` (unpacks as ``model, history``), or the
@@ -199,7 +204,36 @@ def fit(model: nn.Module, data: Any, loss_fn: Callable[[Any, Any], torch.Tensor]
                    checkpoint_every=checkpoint_every, resume=resume, balance=balance,
                    gather_on_rank0=gather_on_rank0, seed=seed, bucket_cap_mb=bucket_cap_mb,
                    max_steps=max_steps, callbacks=callbacks, verbose=verbose, device=dev,
-                   world=world, target=target).run()
+                   world=world, target=target, sync_buffers=sync_buffers).run()
+
+
+class _BufferSync:
+    """Average a stage's floating-point buffers over its replica group (one flat allreduce).
+
+    Batch norm keeps running statistics of the batches each replica saw; without this the
+    replicas of a data-parallel run drift apart in those buffers (DDP broadcasts rank 0's
+    instead; the mean keeps every replica's batches in the statistics).
+    """
+
+    def __init__(self, stage: nn.Module, group: Any, replicas: int) -> None:
+        self.buffers = [b for b in stage.buffers() if b.is_floating_point()]
+        self.group, self.replicas = group, replicas
+
+    def __call__(self) -> None:
+        if not self.buffers:
+            return
+        flat = torch.cat([b.detach().reshape(-1) for b in self.buffers])
+        try:
+            dist.all_reduce(flat, group=self.group)
+        except RuntimeError as exc:
+            raise CommunicationError(f"replica buffer allreduce failed: {exc}") from exc
+        flat /= self.replicas
+        offset = 0
+        with torch.no_grad():
+            for b in self.buffers:
+                n = b.numel()
+                b.copy_(flat[offset:offset + n].view_as(b))
+                offset += n
 
 
 class _Engine:
@@ -212,7 +246,7 @@ class _Engine:
                  balance: Any, gather_on_rank0: bool, seed: int, bucket_cap_mb: float,
                  max_steps: int | None, callbacks: Sequence[Callable[[dict[str, Any]], None]],
                  verbose: bool, device: torch.device, world: _dist.WorldInfo,
-                 target: Any) -> None:
+                 target: Any, sync_buffers: bool = True) -> None:
         from oncoscale.parallel import sequential as seq
 
         self.seq = seq
@@ -226,6 +260,7 @@ class _Engine:
         self.gather_on_rank0, self.seed, self.bucket_cap_mb = gather_on_rank0, seed, bucket_cap_mb
         self.max_steps, self.callbacks, self.verbose = max_steps, list(callbacks), verbose
         self.device, self.world = device, world
+        self.sync_buffers = bool(sync_buffers)
         self.layout = Layout(R, P, world.rank)
         self.source = seq._as_source(data, target, "data")
         self.plan: Plan | None = None
@@ -325,6 +360,9 @@ class _Engine:
         opt = seq._make_optimizer(self.optimizer, stage) if any(
             p.requires_grad for p in stage.parameters()) else _NoOptimizer()
 
+        buffer_sync = _BufferSync(stage, replica_group, self.R) \
+            if self.R > 1 and self.sync_buffers else None
+
         # resume -------------------------------------------------------------------------
         every = self.checkpoint_every or steps_per_epoch
         state = self._load(stage, opt) if self.checkpoint_dir is not None and self.resume \
@@ -369,6 +407,8 @@ class _Engine:
                             p.grad = torch.zeros_like(p)
                         dist.all_reduce(p.grad, group=g)
                 opt.step()
+                if buffer_sync is not None:
+                    buffer_sync()
                 wait_total += runtime.last_wait_s
                 busy_total += runtime.last_step_s
                 step += 1
