@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # (module under oncoscale.cli, function that registers commands on `app`)
-_AREAS = ("pipeline", "comm", "parallel", "topology", "nas")
+_AREAS = ("pipeline", "comm", "parallel", "topology", "nas", "bench")
 
 for _area in _AREAS:
     try:
