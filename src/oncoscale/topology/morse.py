@@ -86,7 +86,8 @@ def steepest_flow(
 
 
 def persistence_hierarchy(
-    edges: np.ndarray, f: np.ndarray, rank: np.ndarray, extremum: np.ndarray, f_range: float
+    edges: np.ndarray, f: np.ndarray, rank: np.ndarray, extremum: np.ndarray, f_range: float,
+    *, rule: str = "elder", key: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Saddles and elder-rule persistence of the maxima that ``extremum`` assigns.
 
@@ -107,6 +108,18 @@ def persistence_hierarchy(
     last[:-1] = (lo_ext[1:] != lo_ext[:-1]) | (hi_ext[1:] != hi_ext[:-1])
     pa, pb, ps = lo_ext[last], hi_ext[last], low[last]
     saddles = pd.DataFrame({"a": pa, "b": pb, "saddle": ps, "value": f[ps]})
+    if rule == "topopy":
+        if key is None:
+            key = np.arange(f.shape[0], dtype=np.int64)
+        maxima, pers, into, sad = _topopy_hierarchy(edges, f, extremum, key)
+        alive = into < 0
+        sval = np.where(alive, np.nan, f[np.where(alive, 0, sad)])
+        extrema = pd.DataFrame({"extremum": maxima, "value": f[maxima],
+                                "persistence": pers / f_range, "into": into, "saddle": sad,
+                                "saddle_value": sval})
+        return extrema, saddles
+    if rule != "elder":
+        raise ConfigurationError(f"hierarchy must be 'elder' or 'topopy', found {rule!r}")
 
     maxima = np.unique(extremum)
     m = maxima.shape[0]
@@ -145,6 +158,107 @@ def persistence_hierarchy(
     extrema = pd.DataFrame({"extremum": maxima, "value": f[maxima], "persistence": pers,
                             "into": into, "saddle": sad, "saddle_value": sval})
     return extrema, saddles
+
+
+def _topopy_hierarchy(
+    edges: np.ndarray, f: np.ndarray, extremum: np.ndarray, key: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cancellation as in topopy 1.0.4 (``MorseComplex::ComputeMaximaPersistence``,
+    simplification 'difference'); ``key`` (n,) is the index order topopy sees (the sample
+    index for maxima, the reversed index for minima, as topopy negates *and reverses* the
+    data for the unstable complex).
+
+    1. Every pair of neighbouring regions (A, B), A the lower maximum by (f, key), gets its
+       highest saddle: over edges (i, j) from A to B the lower endpoint (on equal f both
+       endpoints are candidates), pair persistence ``f(A) - f(saddle)``, ties to the larger
+       key.
+    2. Pairs are queued by (persistence, saddle) in a *map*: two pairs with the same
+       persistence and saddle vertex (one saddle vertex that is the highest saddle of a low
+       region towards two or more higher regions) keep only the pair whose (A, B) keys are
+       largest - the other pairs are dropped, so that region only meets the others through
+       lower saddles.
+    3. Pop the lowest; re-resolve both ends to their current roots; if the lower root is no
+       longer A, re-queue with the raised persistence; otherwise A's root dies into the other
+       root (``into`` = that root, not a leaf).
+
+    Persistences are rounded to float32 as topopy computes them (call with f rounded to
+    float32, as topopy stores it), because its map keys collide only on exactly equal values.
+    Returns ``(maxima, persistence, into, saddle)``: persistence in units of f (inf for
+    survivors), into/saddle -1 for survivors.
+    """
+    import heapq
+
+    maxima = np.unique(extremum)
+    m = maxima.shape[0]
+    pos = np.full(f.shape[0], -1, dtype=np.int64)
+    pos[maxima] = np.arange(m)
+    a, b = extremum[edges[:, 0]], extremum[edges[:, 1]]
+    cross = a != b
+    p, q, a, b = edges[cross, 0], edges[cross, 1], a[cross], b[cross]
+    # saddle candidates: the lower endpoint; on a tie in f both endpoints
+    tie = f[p] == f[q]
+    s = np.concatenate([np.where(f[p] < f[q], p, q), p[tie]])
+    a, b = np.concatenate([a, a[tie]]), np.concatenate([b, b[tie]])
+    a_low = (f[a] < f[b]) | ((f[a] == f[b]) & (key[a] < key[b]))
+    first, second = np.where(a_low, a, b), np.where(a_low, b, a)
+    pers = (f[first] - f[s]).astype(np.float32).astype(np.float64)  # topopy: float32
+    # 1. best saddle per pair: lowest persistence, then largest saddle key
+    o = np.lexsort((key[s], -pers, key[second], key[first]))
+    first, second, s, pers = first[o], second[o], s[o], pers[o]
+    last = np.ones(s.shape[0], dtype=bool)
+    last[:-1] = (first[1:] != first[:-1]) | (second[1:] != second[:-1])
+    first, second, s, pers = first[last], second[last], s[last], pers[last]
+    # 2. the map (persistence, saddle) -> pair, pairs inserted in (first, second) key order:
+    # the last inserted wins a shared key
+    o = np.lexsort((key[second], key[first], key[s], pers))
+    first, second, s, pers = first[o], second[o], s[o], pers[o]
+    last = np.ones(s.shape[0], dtype=bool)
+    last[:-1] = (pers[1:] != pers[:-1]) | (s[1:] != s[:-1])
+    first, second, s, pers = first[last], second[last], s[last], pers[last]
+    # 3. lazy priority queue
+    fl = f.tolist()
+    kl = key.tolist()
+    live = {(pv, kl[sv], sv): (fa, sb) for pv, sv, fa, sb in
+            zip(pers.tolist(), s.tolist(), first.tolist(), second.tolist(), strict=True)}
+    heap = list(live)
+    heapq.heapify(heap)
+    merge = {int(x): int(x) for x in maxima.tolist()}
+    out_p = np.full(m, np.inf)
+    into = np.full(m, -1, dtype=np.int64)
+    sad = np.full(m, -1, dtype=np.int64)
+
+    def root(x: int) -> int:
+        r = x
+        while merge[r] != r:
+            r = merge[r]
+        while merge[x] != r:
+            merge[x], x = r, merge[x]
+        return r
+
+    while heap:
+        k = heapq.heappop(heap)
+        pair = live.pop(k, None)
+        if pair is None:
+            continue
+        pv, _, sv = k
+        old_first = pair[0]
+        u, v = root(pair[0]), root(pair[1])
+        if fl[u] > fl[v]:
+            u, v = v, u
+        if u == v:
+            continue
+        diff = float(np.float32(fl[u] - fl[old_first]))
+        if diff > 0 or (diff == 0 and kl[u] > kl[old_first]):
+            nk = (float(np.float32(pv + diff)), kl[sv], sv)
+            if nk not in live:
+                heapq.heappush(heap, nk)
+            live[nk] = (u, v)
+            continue
+        merge[u] = v
+        out_p[pos[u]] = pv
+        into[pos[u]] = v
+        sad[pos[u]] = sv
+    return maxima, out_p, into, sad
 
 
 def find(parent: list[int], x: int) -> int:
@@ -212,7 +326,8 @@ class MorseSmale:
 
     def __init__(self, k: int = 15, beta: float = 1.0, relaxed: bool = True, *,
                  knn_method: str = "auto", n_jobs: int = 1, chunk_size: int | None = None,
-                 graph_out: str | os.PathLike[str] | None = None, progress: bool = False) -> None:
+                 graph_out: str | os.PathLike[str] | None = None, progress: bool = False,
+                 hierarchy: str = "elder") -> None:
         self.k = k
         self.beta = beta
         self.relaxed = relaxed
@@ -221,9 +336,13 @@ class MorseSmale:
         self.chunk_size = chunk_size
         self.graph_out = graph_out
         self.progress = progress
+        self.hierarchy = hierarchy
 
     def fit(self, X: np.ndarray, f: np.ndarray, graph: Graph | None = None) -> MorseSmale:
         """Fit on X (n, d) and f (n,); ``graph`` reuses a prebuilt neighbourhood graph."""
+        if self.hierarchy not in ("elder", "topopy"):
+            raise ConfigurationError("hierarchy must be 'elder' or 'topopy', found "
+                                     f"{self.hierarchy!r}")
         X = check_points(X)
         f = check_function(f, X.shape[0])
         if graph is None:
@@ -236,13 +355,17 @@ class MorseSmale:
         n = X.shape[0]
         rng = float(f.max() - f.min())
         self.f_range_ = rng if rng > 0 else 1.0
-        rank = _sos_rank(f)
-        _, self.ascending_ = steepest_flow(graph.edges, graph.lengths, f, rank)
-        _, self.descending_ = steepest_flow(graph.edges, graph.lengths, -f, n - 1 - rank)
-        self.maxima_, smax = persistence_hierarchy(graph.edges, f, rank, self.ascending_,
-                                                   self.f_range_)
-        mins, smin = persistence_hierarchy(graph.edges, -f, n - 1 - rank, self.descending_,
-                                           self.f_range_)
+        fw = f
+        if self.hierarchy == "topopy":  # topopy computes in float32
+            fw = f.astype(np.float32).astype(np.float64)
+        rank = _sos_rank(fw)
+        _, self.ascending_ = steepest_flow(graph.edges, graph.lengths, fw, rank)
+        _, self.descending_ = steepest_flow(graph.edges, graph.lengths, -fw, n - 1 - rank)
+        idx = np.arange(n, dtype=np.int64)
+        self.maxima_, smax = persistence_hierarchy(graph.edges, fw, rank, self.ascending_,
+                                                   self.f_range_, rule=self.hierarchy, key=idx)
+        mins, smin = persistence_hierarchy(graph.edges, -fw, n - 1 - rank, self.descending_,
+                                           self.f_range_, rule=self.hierarchy, key=n - 1 - idx)
         mins["value"] = -mins["value"]
         mins["saddle_value"] = -mins["saddle_value"]
         self.minima_ = mins
