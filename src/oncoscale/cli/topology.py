@@ -37,21 +37,45 @@ def build_cmd(
     jobs: int = typer.Option(-1, help="Processes for the pruning (-1: all cores)."),
     graph_out: Path = typer.Option(None, help="Also keep the edge list as this Parquet file."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    comm: str = typer.Option("auto", help="Spread the graph over the ranks of an "
+                             "oncoscale.comm world: auto (when launched by torchrun, mpiexec "
+                             "or srun with more than one rank), torch, mpi, or none."),
 ) -> None:
-    """Build a topology cube (graph -> Morse-Smale complex -> DuckDB datacube)."""
-    from oncoscale.errors import OncoscaleError
+    """Build a topology cube (graph -> Morse-Smale complex -> DuckDB datacube).
+
+    Under torchrun / mpiexec / srun every rank runs this same command: the kNN queries and
+    the pruning are split over the ranks, the edge list is gathered, and rank 0 writes the
+    cube.
+    """
+    from oncoscale.errors import ConfigurationError, OncoscaleError
     from oncoscale.topology.build import build, load_inputs
 
+    world = None
     try:
+        if comm not in ("auto", "torch", "mpi", "none"):
+            raise ConfigurationError(f"--comm must be auto, torch, mpi or none, found {comm!r}")
+        if comm != "none":
+            from oncoscale.comm import discover, init
+
+            if comm != "auto" or discover().size > 1:
+                world = init("auto" if comm == "auto" else comm)
+        lead = world is None or world.rank == 0
         X, fv, names, fname = load_inputs(data, x, f)
-        console.print(f"{data}: {X.shape[0]} samples x {X.shape[1]} dims, f = {fname}")
+        if lead:
+            ranks = "" if world is None else f", graph over {world.size} ranks"
+            console.print(f"{data}: {X.shape[0]} samples x {X.shape[1]} dims, f = {fname}"
+                          f"{ranks}")
         path = build(X, fv, out, k=k, beta=beta, relaxed=relaxed, bins=bins, hist3d=hist3d,
                      bins3d=bins3d, dims=names, f_name=fname, base_persistence=base_persistence,
                      knn_method=knn, n_jobs=jobs, graph_out=graph_out, progress=progress,
-                     extra_meta={"source": str(data)})
+                     extra_meta={"source": str(data)}, world=world)
     except OncoscaleError as exc:
         _fail(exc)
-    console.print(f"wrote {path}  (explore it with: oncoscale explore {path})")
+    finally:
+        if world is not None:
+            world.shutdown()
+    if lead:
+        console.print(f"wrote {path}  (explore it with: oncoscale explore {path})")
 
 
 def explore_cmd(

@@ -40,6 +40,7 @@ def build(
     store_graph: bool = True,
     progress: bool = True,
     extra_meta: dict[str, object] | None = None,
+    world: object | None = None,
 ) -> Path:
     """Build the cube of f (n,) over samples X (n, d) and write it to ``out``; returns ``out``.
 
@@ -48,6 +49,12 @@ def build(
     axis; optional 3-D histograms). ``dims`` names the columns of X, ``f_name`` the function.
     ``n_jobs=-1`` prunes on all cores. Progress bars when ``progress``. Timings of the
     stages are stored in the cube's ``meta`` table (``timings``).
+
+    ``world``: an ``oncoscale.comm`` world (every rank calls ``build`` with the same X and f):
+    the kNN queries and pruning chunks are spread over the ranks and the edge list is
+    all-gathered (see `neighborhood_graph`); rank 0 then computes the Morse-Smale complex and
+    writes the cube (and ``graph_out``), the other ranks return ``out`` as soon as the graph is
+    complete (the cube is complete when rank 0 returns).
     """
     from oncoscale.topology.cube import write_cube
     from oncoscale.topology.graph import neighborhood_graph
@@ -56,6 +63,8 @@ def build(
     X = check_points(X)
     f = check_function(f, X.shape[0])
     out = Path(out)
+    if world is not None and int(getattr(world, "rank", 0)) != 0:
+        progress = False  # one set of bars per job
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix=".topo-", dir=out.parent if out.parent.exists()
                                      else None) as tmpdir:
@@ -65,8 +74,11 @@ def build(
         t0 = time.perf_counter()
         g = neighborhood_graph(X, k, beta=beta, relaxed=relaxed, out=gpath,
                                chunk_size=chunk_size, n_jobs=n_jobs, knn_method=knn_method,
-                               progress=progress)
+                               progress=progress, world=world)
         timings.update(g.timings)
+        if world is not None and int(getattr(world, "rank", 0)) != 0:
+            stages.done()
+            return out
         t1 = time.perf_counter()
         stages.start("morse-smale")
         ms = MorseSmale(k=k, beta=beta, relaxed=relaxed).fit(X, f, graph=g)
@@ -74,6 +86,8 @@ def build(
         stages.start("datacube")
         timings.update(graph_s=t1 - t0, morse_s=t2 - t1)
         meta = {**(extra_meta or {}), "timings": timings}
+        if world is not None:
+            meta["graph_ranks"] = int(getattr(world, "size", 1))
         write_cube(out, X, f, ms, dims=dims, f_name=f_name, bins=bins, hist3d=hist3d,
                    bins3d=bins3d, base_persistence=base_persistence, store_graph=store_graph,
                    progress=progress, extra_meta=meta)

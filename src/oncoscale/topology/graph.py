@@ -117,6 +117,7 @@ def knn(
     recall_sample: int = 1000,
     seed: int = 0,
     progress: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> KnnResult:
     """The ``k`` nearest other samples of every sample of X (n, d), with FAISS.
 
@@ -126,7 +127,8 @@ def knn(
     HNSW defaults (M=16, efConstruction=40, efSearch=max(48, 3k)) gave recall@15 0.999 on
     100k uniform samples in 10 dims.
     Queries run in chunks of ``chunk_size``; the sample itself is removed from its own list
-    (also when a duplicate point is returned first).
+    (also when a duplicate point is returned first). ``rows=(lo, hi)`` queries only samples
+    lo..hi-1 (against all of X; results have hi - lo rows, recall is not measured).
     """
     faiss = _faiss()
     t0 = time.perf_counter()
@@ -139,8 +141,11 @@ def knn(
     if method not in ("exact", "hnsw", "kdtree"):
         raise ConfigurationError("knn method must be 'auto', 'exact', 'hnsw' or 'kdtree', "
                                  f"found {method!r}")
+    lo0, hi0 = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= lo0 <= hi0 <= n:
+        raise ConfigurationError(f"rows must satisfy 0 <= lo <= hi <= n={n}, found {rows!r}")
     if method == "kdtree":
-        return _knn_kdtree(X, k, chunk_size, progress, t0)
+        return _knn_kdtree(X, k, chunk_size, progress, t0, lo0, hi0)
     xf = np.ascontiguousarray(X, dtype=np.float32)
     if method == "exact":
         index = faiss.IndexFlatL2(d)
@@ -150,33 +155,38 @@ def knn(
         index.hnsw.efSearch = int(ef_search or max(48, 3 * k))
     index.add(xf)
     kk = min(k + 1, n)
-    ids = np.empty((n, k), dtype=np.int64)
-    dst2 = np.empty((n, k), dtype=np.float32)
-    for lo in _progress(range(0, n, chunk_size), progress, "kNN", -(-n // chunk_size)):
-        hi = min(lo + chunk_size, n)
+    ids = np.empty((hi0 - lo0, k), dtype=np.int64)
+    dst2 = np.empty((hi0 - lo0, k), dtype=np.float32)
+    for lo in _progress(range(lo0, hi0, chunk_size), progress, "kNN",
+                        -(-(hi0 - lo0) // chunk_size)):
+        hi = min(lo + chunk_size, hi0)
         d2, idx = index.search(xf[lo:hi], kk)
-        ids[lo:hi], dst2[lo:hi] = _drop_self(idx, d2, np.arange(lo, hi), k)
+        ids[lo - lo0:hi - lo0], dst2[lo - lo0:hi - lo0] = _drop_self(
+            idx, d2, np.arange(lo, hi), k)
     np.sqrt(np.maximum(dst2, 0, out=dst2), out=dst2)
     recall, sample = 1.0, 0
-    if method == "hnsw":
+    if method == "hnsw" and rows is None:
         recall, sample = _measure_recall(xf, ids, k, recall_sample, seed)
     return KnnResult(ids, dst2, method, recall, sample, time.perf_counter() - t0)
 
 
-def _knn_kdtree(X: np.ndarray, k: int, chunk_size: int, progress: bool, t0: float) -> KnnResult:
+def _knn_kdtree(X: np.ndarray, k: int, chunk_size: int, progress: bool, t0: float,
+                lo0: int, hi0: int) -> KnnResult:
     """Exact kNN with scipy's KD-tree (much faster than brute force in few dimensions)."""
     from scipy.spatial import cKDTree
 
     n = X.shape[0]
     tree = cKDTree(X)
     kk = min(k + 1, n)
-    ids = np.empty((n, k), dtype=np.int64)
-    dist = np.empty((n, k), dtype=np.float32)
-    for lo in _progress(range(0, n, chunk_size), progress, "kNN", -(-n // chunk_size)):
-        hi = min(lo + chunk_size, n)
+    ids = np.empty((hi0 - lo0, k), dtype=np.int64)
+    dist = np.empty((hi0 - lo0, k), dtype=np.float32)
+    for lo in _progress(range(lo0, hi0, chunk_size), progress, "kNN",
+                        -(-(hi0 - lo0) // chunk_size)):
+        hi = min(lo + chunk_size, hi0)
         dd, idx = tree.query(X[lo:hi], kk, workers=-1)
         dd, idx = dd.reshape(hi - lo, kk), idx.reshape(hi - lo, kk)
-        ids[lo:hi], dist[lo:hi] = _drop_self(idx.astype(np.int64), dd, np.arange(lo, hi), k)
+        ids[lo - lo0:hi - lo0], dist[lo - lo0:hi - lo0] = _drop_self(
+            idx.astype(np.int64), dd, np.arange(lo, hi), k)
     return KnnResult(ids, dist, "kdtree", 1.0, 0, time.perf_counter() - t0)
 
 
@@ -331,10 +341,21 @@ def neighborhood_graph(
 
     ``out``: a Parquet file the edges stream to (``src``, ``dst`` int64, ``length`` float64),
     written atomically. ``n_jobs``: local processes for the pruning (-1: all cores).
-    ``world`` (any object with ``.rank`` and ``.size``, e.g. an ``oncoscale.comm`` world) or
-    ``rank``/``size``: this process prunes only chunks ``rank::size`` and returns (and writes)
-    only those edges; `read_edges` joins the parts. ``chunk_size`` defaults to a size that keeps
-    one chunk's temporaries near 64 MB.
+    ``chunk_size`` defaults to a size that keeps one chunk's temporaries near 64 MB.
+
+    Over several processes:
+
+    * ``world`` = an ``oncoscale.comm`` world (``oncoscale.comm.init()``, under torchrun,
+      mpiexec or srun; every rank calls this function with the same X): the kNN queries are
+      split into one contiguous block per rank and all-gathered, each rank prunes chunks
+      ``rank::size`` (with ``n_jobs`` local processes), and the edges are all-gathered
+      (``World.allgatherv``), put back in chunk order and made duplicate-free globally. Every
+      rank returns the whole graph - the same edges in the same order as one process gives
+      (exact kNN; HNSW indexes built per rank may differ slightly); rank 0 alone writes
+      ``out``, and all ranks return after it is complete (barrier).
+    * ``rank``/``size`` without a world (or a ``world`` that is only an object with ``.rank``
+      and ``.size``): no communication; this process prunes chunks ``rank::size`` and returns
+      (and writes) only those edges; `read_edges` joins the parts.
     """
     if not (np.isfinite(beta) and beta > 0):
         raise ConfigurationError(f"beta must be a positive finite number, found {beta!r}")
@@ -342,12 +363,17 @@ def neighborhood_graph(
         rank, size = int(world.rank), int(world.size)
     if not (0 <= rank < size):
         raise ConfigurationError(f"rank must be in [0, size), found rank={rank}, size={size}")
+    gather = world is not None and hasattr(world, "allgatherv") and size > 1
     X = check_points(X)
     n, d = X.shape
     k = effective_k(k, n)
     t0 = time.perf_counter()
-    res = knn(X, k, method=knn_method, exact_threshold=exact_threshold,
-              recall_sample=recall_sample, seed=seed, progress=progress)
+    if gather:
+        res = _knn_gathered(X, k, world, method=knn_method, exact_threshold=exact_threshold,
+                            recall_sample=recall_sample, seed=seed, progress=progress)
+    else:
+        res = knn(X, k, method=knn_method, exact_threshold=exact_threshold,
+                  recall_sample=recall_sample, seed=seed, progress=progress)
     t1 = time.perf_counter()
     nbr = res.indices
     if chunk_size is None:
@@ -356,47 +382,114 @@ def neighborhood_graph(
     if n_jobs == -1:
         n_jobs = os.cpu_count() or 1
     spans = _chunks(n, int(chunk_size), rank, size)
-    srcs, dsts, lens = [], [], []
-    writer = None
-    tmp_ctx = None
-    try:
+    it = _iter_pruned(X, nbr, spans, float(beta), bool(relaxed), int(n_jobs))
+    it = _progress(it, progress, "prune", len(spans))
+    if gather:
+        pieces = [(lo, np.minimum(s, t), np.maximum(s, t), ln) for lo, (s, t, ln) in it]
+        edges, lengths = _gather_edges(world, n, pieces)
         if out is not None:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            from oncoscale._io import atomic_path
-
-            tmp_ctx = atomic_path(out)
-            tmp = tmp_ctx.__enter__()
-            schema = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("length", pa.float64())])
-            writer = pq.ParquetWriter(str(tmp), schema, compression="zstd")
-        it = _iter_pruned(X, nbr, spans, float(beta), bool(relaxed), int(n_jobs))
-        for _lo, (s, t, ln) in _progress(it, progress, "prune", len(spans)):
-            a, b = np.minimum(s, t), np.maximum(s, t)
-            srcs.append(a)
-            dsts.append(b)
-            lens.append(ln)
-            if writer is not None:
-                writer.write_table(pa.table({"src": a, "dst": b, "length": ln}, schema=schema))
-        if writer is not None:
-            writer.close()
-            writer = None
-            tmp_ctx.__exit__(None, None, None)
-            tmp_ctx = None
-    except BaseException as exc:
-        if writer is not None:
-            writer.close()
-        if tmp_ctx is not None:
-            tmp_ctx.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    edges = np.stack([np.concatenate(srcs) if srcs else np.empty(0, np.int64),
-                      np.concatenate(dsts) if dsts else np.empty(0, np.int64)], axis=1)
-    lengths = np.concatenate(lens) if lens else np.empty(0)
+            if rank == 0:
+                _write_edges(out, [(edges[:, 0], edges[:, 1], lengths)])
+            world.barrier()
+    else:
+        parts = ((np.minimum(s, t), np.maximum(s, t), ln) for _lo, (s, t, ln) in it)
+        if out is not None:
+            parts = _write_edges(out, parts)
+        parts = list(parts)
+        edges = np.stack([np.concatenate([p[0] for p in parts]) if parts
+                          else np.empty(0, np.int64),
+                          np.concatenate([p[1] for p in parts]) if parts
+                          else np.empty(0, np.int64)], axis=1)
+        lengths = np.concatenate([p[2] for p in parts]) if parts else np.empty(0)
     t2 = time.perf_counter()
     return Graph(n=n, edges=edges, lengths=lengths, k=k, beta=float(beta), relaxed=bool(relaxed),
                  knn_method=res.method, knn_recall=float(res.recall),
                  path=None if out is None else Path(out),
                  timings={"knn_s": t1 - t0, "prune_s": t2 - t1})
+
+
+def _write_edges(out: str | os.PathLike[str], parts) -> list:
+    """Stream ``(src, dst, length)`` parts to the Parquet file ``out`` (atomically); returns
+    the parts as a list."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from oncoscale._io import atomic_path
+
+    schema = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("length", pa.float64())])
+    kept = []
+    step = 1 << 20
+    with atomic_path(out) as tmp, pq.ParquetWriter(str(tmp), schema,
+                                                   compression="zstd") as writer:
+        for a, b, ln in parts:
+            kept.append((a, b, ln))
+            for lo in range(0, max(len(a), 1), step):
+                writer.write_table(pa.table({"src": a[lo:lo + step], "dst": b[lo:lo + step],
+                                             "length": ln[lo:lo + step]}, schema=schema))
+    return kept
+
+
+def _to_numpy(t) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _allgatherv(world, a: np.ndarray) -> list[np.ndarray]:
+    """``world.allgatherv`` of a numpy array (rows may differ between ranks)."""
+    import torch
+
+    dev = getattr(world, "device", None) or "cpu"
+    return [_to_numpy(p) for p in world.allgatherv(torch.from_numpy(np.ascontiguousarray(a))
+                                                   .to(dev))]
+
+
+def _knn_gathered(X, k, world, **kw) -> KnnResult:
+    """kNN with the queries split into one contiguous block per rank, then all-gathered."""
+    t0 = time.perf_counter()
+    n = X.shape[0]
+    r, p = int(world.rank), int(world.size)
+    lo, hi = n * r // p, n * (r + 1) // p
+    part = knn(X, k, rows=(lo, hi), **kw)
+    # one sentinel row per rank keeps every contribution non-empty
+    ids = np.concatenate(_allgatherv(world, np.vstack([np.full((1, k), -1), part.indices])
+                                      .astype(np.int64)))
+    dst = np.concatenate(_allgatherv(world, np.vstack([np.zeros((1, k), np.float32),
+                                                      part.distances])))
+    keep = ids[:, 0] != -1
+    ids, dst = ids[keep], dst[keep]
+    if ids.shape[0] != n:
+        from oncoscale.errors import CommunicationError
+
+        raise CommunicationError(f"gathered kNN has {ids.shape[0]} rows, expected {n}")
+    recall, sample = 1.0, 0
+    if part.method == "hnsw":
+        recall, sample = _measure_recall(np.ascontiguousarray(X, dtype=np.float32), ids, k,
+                                         kw.get("recall_sample", 1000), kw.get("seed", 0))
+    return KnnResult(ids, dst, part.method, recall, sample, time.perf_counter() - t0)
+
+
+def _gather_edges(world, n: int, pieces: list) -> tuple[np.ndarray, np.ndarray]:
+    """All-gather every rank's pruned chunks ``(lo, src, dst, length)``; returns the edges
+    in chunk order (as one process emits them) with repeated pairs dropped globally."""
+    los = np.array([pc[0] for pc in pieces], dtype=np.int64)
+    cnt = np.array([len(pc[1]) for pc in pieces], dtype=np.int64)
+    ints = np.empty((int(cnt.sum()) + 1, 3), dtype=np.int64)
+    ints[0] = -1  # sentinel row
+    ints[1:, 0] = np.repeat(los, cnt)
+    ints[1:, 1] = np.concatenate([pc[1] for pc in pieces]) if pieces else []
+    ints[1:, 2] = np.concatenate([pc[2] for pc in pieces]) if pieces else []
+    lens = np.concatenate([[0.0]] + [pc[3] for pc in pieces]).astype(np.float64)
+    ints = np.concatenate(_allgatherv(world, ints))
+    lens = np.concatenate(_allgatherv(world, lens))
+    keep = ints[:, 0] >= 0
+    ints, lens = ints[keep], lens[keep]
+    order = np.argsort(ints[:, 0], kind="stable")
+    edges, lens = ints[order, 1:], lens[order]
+    a, b = np.minimum(edges[:, 0], edges[:, 1]), np.maximum(edges[:, 0], edges[:, 1])
+    _, first = np.unique(a * np.int64(n) + b, return_index=True)
+    if first.shape[0] < a.shape[0]:
+        first.sort()
+        a, b, lens = a[first], b[first], lens[first]
+    return np.stack([a, b], axis=1), lens
 
 
 def read_edges(paths: str | os.PathLike[str] | list) -> tuple[np.ndarray, np.ndarray]:
