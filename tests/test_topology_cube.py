@@ -29,16 +29,26 @@ def fitted(tmp_path_factory):
     write_cube(path, X, f, ms, bins=32, hist3d=True, bins3d=8, dims=["a", "b", "c"],
                f_name="y")
     cube = Cube(path)
-    yield X, f, ms, cube
+    sql = Cube(path, memory_budget=0)  # the same file answered by SQL over the leaf tables
+    assert cube.in_memory and not sql.in_memory
+    yield X, f, ms, cube, sql
     cube.close()
+    sql.close()
+
+
+@pytest.fixture(params=["memory", "sql"])
+def mode(request, fitted):
+    """(X, f, ms, cube, in_memory): every histogram test runs on both query paths."""
+    X, f, ms, cube, sql = fitted
+    return X, f, ms, (cube if request.param == "memory" else sql), request.param == "memory"
 
 
 def edges_of(v, bins):
     return np.linspace(v.min(), v.max(), bins + 1)
 
 
-def test_whole_data_histograms_equal_numpy(fitted):
-    X, f, ms, cube = fitted
+def test_whole_data_histograms_equal_numpy(mode):
+    X, f, ms, cube, _ = mode
     data = np.column_stack([X, f])
     assert cube.names == ["a", "b", "c", "y"] and cube.bins == 32
     for a in range(4):
@@ -55,8 +65,8 @@ def test_whole_data_histograms_equal_numpy(fitted):
 
 
 @pytest.mark.parametrize("p", [0.0, 0.05, 0.3])
-def test_segments_are_sums_of_leaves_and_match_the_segmentation(fitted, p):
-    X, f, ms, cube = fitted
+def test_segments_are_sums_of_leaves_and_match_the_segmentation(mode, p):
+    X, f, ms, cube, _ = mode
     data = np.column_stack([X, f])
     segs = cube.segments(p)
     up, down = ms.regions(p, "max"), ms.regions(p, "min")
@@ -90,8 +100,8 @@ def test_segments_are_sums_of_leaves_and_match_the_segmentation(fitted, p):
     assert np.array_equal(got, ref)
 
 
-def test_brushing_gives_conditional_histograms(fitted):
-    X, f, ms, cube = fitted
+def test_brushing_gives_conditional_histograms(mode):
+    X, f, ms, cube, in_memory = mode
     data = np.column_stack([X, f])
     bins = np.column_stack([np.clip(np.digitize(data[:, a], edges_of(data[:, a], 32)) - 1, 0, 31)
                             for a in range(4)])
@@ -109,7 +119,45 @@ def test_brushing_gives_conditional_histograms(fitted):
     seg_mask = np.isin(ms.segmentation(0.05), [0])
     ref = np.bincount(bins[mask & seg_mask, 3], minlength=32)
     assert np.array_equal(cube.hist1d(3, 0.05, leaves, brush=(0, lo, hi)), ref)
-    # a brush on a third axis uses the 3-D histograms (8 bins)
+    with pytest.raises(InputError, match="lo <= hi"):
+        cube.hist1d(1, brush=(0, 2.0, 1.0))
+    with pytest.raises(InputError, match="unknown axis"):
+        cube.hist1d("nope")
+    with pytest.raises(InputError, match="axis must be"):
+        cube.hist1d(4)
+    # a brush on a third axis: exact at the cube's resolution from the in-memory codes ...
+    c_lo, c_hi = (np.searchsorted(edges_of(X[:, 2], 32), v, "right") - 1 for v in (-2.0, 2.0))
+    m32 = (bins[:, 2] >= c_lo) & (bins[:, 2] <= c_hi)
+    sample_leaf = cube._sql("SELECT i, leaf FROM samples ORDER BY i")["leaf"]
+    most = np.arange(len(cube.leaves) - 5, dtype=np.int32)  # > half: counted as a complement
+    for sel, p, members in ((None, 0.0, np.ones(len(f), bool)),
+                            (cube.select(0.05, segment=0), 0.05, ms.segmentation(0.05) == 0),
+                            (cube.select(0.05, segment=1), 0.05, ms.segmentation(0.05) == 1),
+                            (most, 0.0, np.isin(sample_leaf, most))):
+        rows = m32 & members
+        if sel is most:
+            assert np.array_equal(cube.hist1d(3, 0.0, most),
+                                  np.bincount(bins[members, 3], minlength=32))
+        ref32 = np.zeros((32, 32), dtype=np.int64)
+        np.add.at(ref32, (bins[rows, 1], bins[rows, 0]), 1)
+        if in_memory:
+            assert cube.brushable(1, 0, 2)
+            assert np.array_equal(cube.hist2d(1, 0, p, sel, brush=(2, -2.0, 2.0)), ref32)
+            assert np.array_equal(cube.hist2d(1, 0, p, sel, brush=(2, -2.0, 2.0), bins=8),
+                                  ref32.reshape(8, 4, 8, 4).sum(axis=(1, 3)))
+    if in_memory:
+        # pcoords: every adjacent pair brushed, equal to the joint histograms
+        for (h, ok), (a, b) in zip(cube.pcoords([3, 0, 1, 2], 0.05, leaves, (2, -2.0, 2.0),
+                                                bins=16),
+                                   [(3, 0), (0, 1), (1, 2)], strict=True):
+            assert ok and np.array_equal(
+                h, cube.hist2d(a, b, 0.05, leaves, brush=(2, -2.0, 2.0), bins=16))
+            m = m32 & seg_mask
+            ref16 = np.zeros((16, 16), dtype=np.int64)
+            np.add.at(ref16, (bins[m, a] // 2, bins[m, b] // 2), 1)
+            assert np.array_equal(h, ref16)
+        return
+    # ... and from the 3-D histograms (8 bins) in SQL mode
     e8 = [np.linspace(data[:, a].min(), data[:, a].max(), 9) for a in range(4)]
     b8 = np.column_stack([np.clip(np.digitize(data[:, a], e8[a]) - 1, 0, 7) for a in range(4)])
     c_lo, c_hi = (np.searchsorted(e8[2], v, "right") - 1 for v in (-2.0, 2.0))
@@ -121,18 +169,13 @@ def test_brushing_gives_conditional_histograms(fitted):
     for (h, ok), (a, b) in zip(cube.pcoords([3, 0, 1, 2], 0.05, leaves, bins=16),
                                [(3, 0), (0, 1), (1, 2)], strict=True):
         assert not ok and np.array_equal(h, cube.hist2d(a, b, 0.05, leaves, bins=16))
+        assert ok is False
     pc = cube.pcoords(bins=8, brush=(2, -2.0, 2.0))
     assert len(pc) == 3 and all(ok for _, ok in pc)
-    with pytest.raises(InputError, match="lo <= hi"):
-        cube.hist1d(1, brush=(0, 2.0, 1.0))
-    with pytest.raises(InputError, match="unknown axis"):
-        cube.hist1d("nope")
-    with pytest.raises(InputError, match="axis must be"):
-        cube.hist1d(4)
 
 
 def test_spine_and_merges(fitted):
-    X, f, ms, cube = fitted
+    X, f, ms, cube, _ = fitted
     for p in (0.0, 0.1, 0.5):
         sp = cube.spine(p)
         nodes = sp["nodes"]
@@ -144,6 +187,31 @@ def test_spine_and_merges(fitted):
         got = links[links.kind == "max"]
         assert set(zip(got.a, got.b, strict=True)) == set(zip(ref.a, ref.b, strict=True))
     assert len(cube.spine(0.1)["nodes"].query("kind == 'max'")) == 3
+    # hierarchy checkpoints (levels with 1/2, 1/4, ... of the extrema): the spine, segments
+    # and selections reduced from them equal those computed from the base level
+    class Fine(Cube):
+        _CHECKPOINT_FACTOR, _CHECKPOINT_MIN = 2, 2
+
+    levels = cube.levels()
+    with Fine(cube.path) as fine, Cube(cube.path) as plain:
+        plain._checkpoints = plain._checkpoints[:1]
+        plain._checkpoint_levels = plain._checkpoint_levels[:1]
+        assert len(fine._checkpoints) >= 4
+        probe = np.concatenate([levels[::7], levels[-12:], fine._checkpoint_levels,
+                                [0.0, 1.0]])
+        for p in probe:
+            a, b = fine.spine(p), plain.spine(p)
+            for key in ("nodes", "links"):
+                pd.testing.assert_frame_equal(a[key], b[key])
+            pd.testing.assert_frame_equal(fine.segments(p), plain.segments(p))
+            pd.testing.assert_frame_equal(fine.leaf_segments(p), plain.leaf_segments(p))
+            assert set(a["nodes"].query("kind == 'max'").extremum) == set(ms.maxima(p).tolist())
+            assert np.array_equal(fine.select(p, segment=0), plain.select(p, segment=0))
+            m = int(ms.maxima(p)[0])
+            assert np.array_equal(fine.select(p, maximum=m), plain.select(p, maximum=m))
+            got = fine.segments(p)
+            lab = ms.segmentation(p)
+            assert sorted(got["count"]) == sorted(np.bincount(lab).tolist())
     merges = cube.merges()
     assert len(merges) == len(ms.merges_)
     assert len(cube.levels()) > 0 and cube.levels().max() <= 1.0
@@ -153,7 +221,9 @@ def test_without_3d_a_third_axis_brush_is_refused(tmp_path):
     X, f = bumps(n=600)
     ms = MorseSmale(k=8).fit(X, f)
     path = write_cube(tmp_path / "c.duckdb", X, f, ms, bins=16, store_graph=False)
-    with Cube(path) as cube:
+    with Cube(path) as cube:  # in memory: exact, no 3-D tables needed
+        assert cube.hist2d(0, 1, brush=(2, 0.0, 1.0)).sum() < len(f)
+    with Cube(path, memory_budget=0) as cube:
         with pytest.raises(ConfigurationError, match="3-D"):
             cube.hist2d(0, 1, brush=(2, 0.0, 1.0))
         pc = cube.pcoords(bins=16, brush=(2, 0.0, 1.0))

@@ -20,11 +20,20 @@ optionally ``hist3d(leaf, a, b, c, bin_a, bin_b, bin_c, count)`` (a < b < c)
 ``saddles(kind, a, b, saddle, value, pc1, pc2)``
     the highest saddle between every pair of neighbouring leaf regions.
 ``samples(i, leaf, max, min, f)``, ``edges(src, dst, length)``
-    the segmentation and the neighbourhood graph.
+    the segmentation and the neighbourhood graph (``samples`` may be left empty).
+``sample_bins(leaf, b0, ..., b{d})`` (version 2)
+    every sample's leaf and bin on every axis (UTINYINT up to 256 bins, else USMALLINT), in
+    sample order: the pre-binned data that `Cube` holds in memory (within its memory
+    budget) so that any selection and any brush is an exact bincount over the selected
+    samples; ``hist1d`` / ``hist2d`` remain the SQL path (and the whole-data tables).
 
-Brushing a range on one axis gives conditional histograms of the others from the 2-D
-histograms (exact up to the bin of the brush edges); a conditional 2-D histogram under a brush
-on a third axis needs the optional 3-D histograms.
+Version: ``meta.version`` is `CUBE_VERSION`; `Cube` refuses any other version with a clear
+error (a version-1 cube has no ``sample_bins``: rebuild it).
+
+Brushing a range on one axis gives conditional histograms of the others, exact up to the bin
+of the brush edges (a brush selects whole bins). In SQL mode they come from the 2-D
+histograms, and a conditional 2-D histogram under a brush on a third axis needs the optional
+3-D histograms; with the sample codes in memory every brush is answered from them.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
 from functools import lru_cache
@@ -46,8 +56,9 @@ from oncoscale.topology._validate import check_function, check_points
 __all__ = ["CUBE_FORMAT", "CUBE_VERSION", "Cube", "write_cube", "bin_index"]
 
 CUBE_FORMAT = "oncoscale.topology.cube"
-CUBE_VERSION = 1
-_TABLES = ("meta", "axes", "leaves", "hist1d", "hist2d", "extrema", "saddles", "samples")
+CUBE_VERSION = 2  # 2: + sample_bins (per-sample bin codes); older cubes must be rebuilt
+_TABLES = ("meta", "axes", "leaves", "hist1d", "hist2d", "extrema", "saddles", "samples",
+           "sample_bins")
 
 
 def bin_index(values: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
@@ -263,6 +274,12 @@ def write_cube(
             put("saddles", {"kind": s["kind"].to_numpy().astype(str), "a": s["a"].to_numpy(),
                             "b": s["b"].to_numpy(), "saddle": s["saddle"].to_numpy(),
                             "value": s["value"].to_numpy(), "pc1": spc[:, 0], "pc2": spc[:, 1]})
+            code = "UTINYINT" if bins <= 256 else "USMALLINT"
+            con.execute("CREATE TABLE sample_bins(leaf INTEGER, " + ", ".join(
+                f"b{a} {code}" for a in range(d + 1)) + ")")
+            cdt = np.uint8 if bins <= 256 else np.uint16
+            put("sample_bins", {"leaf": leaf, **{f"b{a}": B[:, a].astype(cdt)
+                                                 for a in range(d + 1)}})
             con.execute("CREATE TABLE samples(i BIGINT, leaf INTEGER, max BIGINT, min BIGINT, "
                         "f DOUBLE)")
             if store_samples:
@@ -293,11 +310,21 @@ def write_cube(
 class Cube:
     """Read-only access to a cube file; every query returns numpy arrays / DataFrames.
 
-    Opening a missing, corrupt or foreign file raises `InputError` naming the file.
-    Safe to share between threads (each query runs on its own DuckDB cursor).
+    Opening a missing, corrupt, foreign or other-version file raises `InputError` naming the
+    file. Safe to share between threads (SQL runs on its own DuckDB cursor; the in-memory
+    state is built at open and only read afterwards, caches are filled idempotently).
+
+    ``memory_budget`` (bytes, default 256 MiB; None = no limit) bounds the per-sample bin codes
+    held in memory (``n * (d + 1)`` bytes when ``bins <= 256``, 2 bytes each above, plus 4
+    bytes per sample for its leaf). Within the budget every histogram, brushed or not, is a
+    bincount over the selected samples' codes (exact at the cube's resolution, brushes on any
+    axis); over it (or with ``memory_budget=0``) queries are SQL sums over the sparse per-leaf
+    histogram tables. The persistence hierarchy (segments and spine at every level) is
+    always resolved in memory from checkpoints computed at open (see `_build_hierarchy`).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 memory_budget: int | None = 256 * 2**20) -> None:
         import duckdb
 
         self.path = Path(path)
@@ -312,59 +339,66 @@ class Cube:
             self._con.execute("SET enable_progress_bar = false")
             have = {r[0] for r in self._con.execute(
                 "SELECT table_name FROM information_schema.tables").fetchall()}
-            missing = [t for t in _TABLES if t not in have]
-            if missing:
-                raise InputError(f"not an oncoscale topology cube: missing tables {missing}",
+            if "meta" not in have:
+                raise InputError("not an oncoscale topology cube: missing tables ['meta']",
                                  path=self.path)
             self.meta = dict(self._con.execute("SELECT key, value FROM meta").fetchall())
             if self.meta.get("format") != CUBE_FORMAT:
                 raise InputError(f"not an oncoscale topology cube: format is "
                                  f"{self.meta.get('format')!r}, expected {CUBE_FORMAT!r}",
                                  path=self.path)
-            if int(self.meta.get("version", -1)) > CUBE_VERSION:
-                raise InputError(f"cube version {self.meta.get('version')} is newer than this "
-                                 f"oncoscale supports ({CUBE_VERSION})", path=self.path)
+            version = int(self.meta.get("version", -1))
+            if version != CUBE_VERSION:
+                how = ("newer than this oncoscale supports" if version > CUBE_VERSION else
+                       "written by an older oncoscale; rebuild it with `oncoscale topo build`")
+                raise InputError(f"cube version {version} is {how} (this oncoscale reads "
+                                 f"version {CUBE_VERSION})", path=self.path)
+            missing = [t for t in _TABLES if t not in have]
+            if missing:
+                raise InputError(f"not an oncoscale topology cube: missing tables {missing}",
+                                 path=self.path)
             self.axes = self._con.execute("SELECT * FROM axes ORDER BY axis").df()
             self.leaves = self._con.execute("SELECT * FROM leaves ORDER BY leaf").df()
             self.extrema = self._con.execute("SELECT * FROM extrema").df().rename(
                 columns={"parent": "into"})
-            self.saddles_table = self._con.execute("SELECT * FROM saddles").df()
+            self.n = int(self.meta["n"])
+            self.d = int(self.meta["d"])
+            self.bins = int(self.meta["bins"])
+            self._saddles = {
+                kind: self._con.execute(
+                    "SELECT a, b, saddle, value, pc1, pc2 FROM saddles WHERE kind = ? "
+                    f"ORDER BY value {'DESC' if kind == 'max' else 'ASC'}, a, b",
+                    [kind]).fetchnumpy()
+                for kind in ("max", "min")}
+            self._codes, self._sample_leaf = self._load_codes(memory_budget)
         except InputError:
             self._con.close()
             raise
         except (duckdb.Error, KeyError, ValueError) as exc:
             self._con.close()
             raise InputError(f"corrupt oncoscale topology cube: {exc}", path=self.path) from None
-        self.n = int(self.meta["n"])
-        self.d = int(self.meta["d"])
-        self.bins = int(self.meta["bins"])
         self.bins3d = int(self.meta.get("bins3d", 0))
         self.has_hist3d = self.meta.get("hist3d") == "true" and "hist3d" in have
         self.names = self.axes["name"].tolist()
+        self._base = float(self.meta.get("base_persistence", 0.0))
         self._tables = {
             kind: self.extrema[self.extrema["kind"] == kind].reset_index(drop=True)
             for kind in ("max", "min")
         }
         self._sorted = {}
-        self._saddles = {}
         for kind, t in self._tables.items():
             t = t.sort_values("extremum")
             self._sorted[kind] = {c: t[c].to_numpy() for c in
-                                  ("extremum", "value", "persistence", "pc1", "pc2")}
-            sd = self.saddles_table[self.saddles_table["kind"] == kind]
-            sd = sd.sort_values("value", ascending=(kind == "min"), kind="stable")
-            self._saddles[kind] = {c: sd[c].to_numpy() for c in
-                                   ("a", "b", "saddle", "value", "pc1", "pc2")}
-            idx = np.int32 if self.n < 2**31 else np.int64
-            for c in ("a", "b"):
-                self._saddles[kind][c] = self._saddles[kind][c].astype(idx)
-        self._resolve = lru_cache(maxsize=64)(self._resolve_uncached)
-        self._lut = lru_cache(maxsize=16)(self._lut_uncached)
-        self._leaf_max = self.leaves["max"].to_numpy()
-        self._leaf_min = self.leaves["min"].to_numpy()
-        self._leaf_segments = lru_cache(maxsize=64)(self._leaf_segments_uncached)
-        self._spine_cached = lru_cache(maxsize=64)(self._spine)
-        self._segments_cached = lru_cache(maxsize=64)(self._segments)
+                                  ("extremum", "value", "persistence", "pc1", "pc2", "into")}
+        self._reps = lru_cache(maxsize=256)(self._reps_uncached)
+        self._level_state = lru_cache(maxsize=256)(self._level_state_uncached)
+        self._spine_cached = lru_cache(maxsize=256)(self._spine)
+        self._segments_cached = lru_cache(maxsize=256)(self._segments)
+        self._select_cached = lru_cache(maxsize=256)(self._select)
+        self._lock = threading.Lock()
+        self._rows_cache: dict = {}  # (id(leaves), brush bins) -> (leaves, rows); bounded
+        self._hist_cache: dict = {}  # whole-data / brush-only histograms; bounded
+        self._build_hierarchy()
 
     # --- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -383,6 +417,36 @@ class Cube:
         finally:
             cur.close()
 
+    def _load_codes(self, budget: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per-sample bin codes (d+1, n) and leaf (n,) if they fit ``budget`` bytes."""
+        dtype = np.uint8 if self.bins <= 256 else np.uint16
+        need = self.n * (self.d + 1) * np.dtype(dtype).itemsize + self.n * 4
+        if budget is not None and need > budget:
+            return None, None
+        r = self._sql("SELECT * FROM sample_bins")
+        leaf = np.asarray(r["leaf"], dtype=np.int32)
+        if leaf.shape[0] != self.n:
+            raise InputError(f"corrupt oncoscale topology cube: sample_bins has "
+                             f"{leaf.shape[0]} rows, expected n = {self.n}", path=self.path)
+        codes = np.empty((self.d + 1, self.n), dtype=dtype)
+        for a in range(self.d + 1):
+            codes[a] = r[f"b{a}"]
+        if codes.size and int(codes.max()) >= self.bins:
+            raise InputError("corrupt oncoscale topology cube: a bin code is out of range",
+                             path=self.path)
+        return codes, leaf
+
+    def warm(self) -> Cube:
+        """Load what the first queries would otherwise load (the whole-data histograms)."""
+        if self._codes is not None:
+            self._whole_tables()
+        return self
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether histograms are computed from in-memory sample codes (else SQL)."""
+        return self._codes is not None
+
     # --- validation ------------------------------------------------------------------------
     def axis(self, a: int | str) -> int:
         """Axis number of a name or number (the last axis is f); unknown -> InputError."""
@@ -398,57 +462,153 @@ class Cube:
     def levels(self) -> np.ndarray:
         """Sorted distinct finite persistence levels at which the segmentation changes."""
         p = self.extrema["persistence"].to_numpy()
-        base = float(self.meta.get("base_persistence", 0.0))
-        return np.unique(p[np.isfinite(p) & (p >= base)])
+        return np.unique(p[np.isfinite(p) & (p >= self._base)])
+
+    def _p(self, persistence: object) -> float:
+        return max(_level(persistence), self._base)
 
     # --- hierarchy -------------------------------------------------------------------------
-    def _lut_uncached(self, persistence: float, kind: str) -> np.ndarray:
-        """Dense map sample index -> surviving extremum at ``persistence`` (only entries of
-        extrema are meaningful); a gather is much cheaper than a search per query."""
-        ids, reps = self._resolve(persistence, kind)
-        lut = np.zeros(self.n, dtype=np.int32 if self.n < 2**31 else np.int64)
-        lut[ids] = reps
-        return lut
+    # Extrema are addressed by their index in the sorted extremum ids of their kind (so index
+    # order is sample-index order). ``_reps(p, kind)`` maps every extremum to the index of
+    # the extremum it has merged into at level p. Levels nest, so the segments and the spine
+    # links at p can be computed from those at any lower level: `_build_hierarchy` keeps
+    # checkpoints (a level, its segment table, the leaf -> segment map and its reduced saddle
+    # links), each with about 8x fewer extrema than the one below; a query at p starts from
+    # the highest checkpoint <= p, so its cost is that of a few thousand rows, not of the
+    # 10^5-10^6 leaves and 10^6-10^7 saddle records of the base level.
+    def _reps_uncached(self, p: float, kind: str) -> np.ndarray:
+        t = self._sorted[kind]
+        ids, into = t["extremum"], t["into"]
+        E = ids.shape[0]
+        if E == 0:
+            return np.zeros(0, dtype=np.int64)
+        tgt = np.clip(np.searchsorted(ids, into), 0, E - 1)
+        valid = (t["persistence"] < p) & (into >= 0) & (ids[tgt] == into)
+        up = np.where(valid, tgt, np.arange(E))
+        while True:  # pointer jumping to the surviving extremum
+            nxt = up[up]
+            if np.array_equal(nxt, up):
+                return up
+            up = nxt
 
-    def _resolve_uncached(self, persistence: float, kind: str):
-        from oncoscale.topology.morse import resolve
+    def _ext_index(self, kind: str, sample_ids: np.ndarray) -> np.ndarray:
+        ids = self._sorted[kind]["extremum"]
+        at = np.clip(np.searchsorted(ids, sample_ids), 0, max(len(ids) - 1, 0))
+        if len(ids) and not np.array_equal(ids[at], sample_ids):
+            raise InputError("corrupt oncoscale topology cube: a leaf or saddle refers to an "
+                             "unknown extremum", path=self.path)
+        return at.astype(np.int64)
 
-        return resolve(self._tables[kind], persistence)
+    _CHECKPOINT_FACTOR = 8  # extrema per checkpoint shrink by this factor ...
+    _CHECKPOINT_MIN = 64  # ... down to this many
+
+    def _build_hierarchy(self) -> None:
+        lv = self.leaves
+        cnt = lv["count"].to_numpy().astype(np.int64)
+        self._leaf_ext = {"max": self._ext_index("max", lv["max"].to_numpy()),
+                          "min": self._ext_index("min", lv["min"].to_numpy())}
+        self._own_volume = {k: np.bincount(self._leaf_ext[k], weights=cnt,
+                                           minlength=len(self._sorted[k]["extremum"]))
+                            for k in ("max", "min")}
+        links0 = {}
+        for kind in ("max", "min"):
+            s = self._saddles[kind]
+            links0[kind] = (self._ext_index(kind, s["a"]), self._ext_index(kind, s["b"]),
+                            np.arange(s["a"].shape[0]))
+        seg0 = {"max": self._leaf_ext["max"], "min": self._leaf_ext["min"], "count": cnt,
+                "f_min": lv["f_min"].to_numpy(), "f_max": lv["f_max"].to_numpy(),
+                "f_sum": lv["f_mean"].to_numpy() * cnt, "n_leaves": np.ones(len(lv), np.int64)}
+        # checkpoint 0: the leaves (the base segmentation) and the raw saddle records
+        self._checkpoints = [(self._base, seg0, np.arange(len(lv), dtype=np.int64), links0)]
+        pers = self.extrema["persistence"].to_numpy()
+        pers = np.sort(pers[pers >= self._base])  # inf (component roots) last
+        total = pers.shape[0]
+        target = total // self._CHECKPOINT_FACTOR
+        while target >= self._CHECKPOINT_MIN:
+            p = float(pers[total - target])
+            if not np.isfinite(p) or p <= self._checkpoints[-1][0]:
+                break
+            prev = self._checkpoints[-1]
+            seg, remap = self._reduce_segments(prev[1], p)
+            links = {k: self._reduce_links(prev[3][k], p, k) for k in ("max", "min")}
+            self._checkpoints.append((p, seg, remap[prev[2]], links))
+            target //= self._CHECKPOINT_FACTOR
+        self._checkpoint_levels = np.array([c[0] for c in self._checkpoints])
+
+    def _checkpoint(self, p: float):
+        return self._checkpoints[int(np.searchsorted(self._checkpoint_levels, p, "right")) - 1]
+
+    def _reduce_segments(self, seg: dict, p: float) -> tuple[dict, np.ndarray]:
+        """Merge a segment table into the segments at level p; returns (table, old -> new)."""
+        rmax = self._reps(p, "max")[seg["max"]]
+        rmin = self._reps(p, "min")[seg["min"]]
+        key = rmax * max(len(self._sorted["min"]["extremum"]), 1) + rmin
+        u, inv = np.unique(key, return_inverse=True)
+        inv = inv.reshape(-1)
+        m = u.shape[0]
+        first = np.zeros(m, dtype=np.int64)
+        first[inv[::-1]] = np.arange(inv.shape[0])[::-1]
+        f_min = np.full(m, np.inf)
+        np.minimum.at(f_min, inv, seg["f_min"])
+        f_max = np.full(m, -np.inf)
+        np.maximum.at(f_max, inv, seg["f_max"])
+        out = {"max": rmax[first], "min": rmin[first],
+               "count": np.bincount(inv, weights=seg["count"], minlength=m).astype(np.int64),
+               "f_min": f_min, "f_max": f_max,
+               "f_sum": np.bincount(inv, weights=seg["f_sum"], minlength=m),
+               "n_leaves": np.bincount(inv, weights=seg["n_leaves"], minlength=m
+                                       ).astype(np.int64)}
+        return out, inv.astype(np.int64)
+
+    def _reduce_links(self, links, p: float, kind: str):
+        """Best saddle (first record, records are best first) of every pair of regions at p."""
+        A, B, sel = links
+        rep = self._reps(p, kind)
+        ra, rb = rep[A], rep[B]
+        keep = np.flatnonzero(ra != rb)
+        ra, rb = ra[keep], rb[keep]
+        lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
+        _, first = np.unique(lo * max(rep.shape[0], 1) + hi, return_index=True)
+        first = np.sort(first)
+        return lo[first], hi[first], sel[keep[first]]
+
+    def _level_state_uncached(self, p: float):
+        """(segment table at p, leaf -> segment (L,)), from the highest checkpoint <= p."""
+        level, seg, leaf_seg, _ = self._checkpoint(p)
+        if level == p:
+            return seg, leaf_seg
+        seg_p, remap = self._reduce_segments(seg, p)
+        return seg_p, remap[leaf_seg]
 
     def leaf_segments(self, persistence: float = 0.0) -> pd.DataFrame:
         """Leaves with the surviving maximum/minimum and the segment id at ``persistence``."""
-        p = _level(persistence)
-        p = max(p, float(self.meta.get("base_persistence", 0.0)))
-        return self._leaf_segments(p)
-
-    def _leaf_segments_uncached(self, p: float) -> pd.DataFrame:
+        p = self._p(persistence)
+        seg, leaf_seg = self._level_state(p)
         lv = self.leaves
-        smax = self._lut(p, "max")[self._leaf_max].astype(np.int64)
-        smin = self._lut(p, "min")[self._leaf_min].astype(np.int64)
-        key = smax * self.n + smin
-        _, seg = np.unique(key, return_inverse=True)
-        return pd.DataFrame({"leaf": lv["leaf"].to_numpy(), "seg_max": smax, "seg_min": smin,
-                             "segment": seg.reshape(-1), "count": lv["count"].to_numpy(),
+        return pd.DataFrame({"leaf": lv["leaf"].to_numpy(),
+                             "seg_max": self._sorted["max"]["extremum"][seg["max"]][leaf_seg],
+                             "seg_min": self._sorted["min"]["extremum"][seg["min"]][leaf_seg],
+                             "segment": leaf_seg, "count": lv["count"].to_numpy(),
                              "f_min": lv["f_min"].to_numpy(), "f_max": lv["f_max"].to_numpy(),
                              "f_sum": lv["f_mean"].to_numpy() * lv["count"].to_numpy()})
 
     def segments(self, persistence: float = 0.0) -> pd.DataFrame:
         """Morse-Smale segments at ``persistence``: segment, max, min, count, f range/mean."""
-        p = max(_level(persistence), float(self.meta.get("base_persistence", 0.0)))
-        return self._segments_cached(p).copy()
+        return self._segments_cached(self._p(persistence)).copy()
 
-    def _segments(self, persistence: float) -> pd.DataFrame:
-        ls = self._leaf_segments(persistence)
-        g = ls.groupby("segment", sort=True)
-        out = pd.DataFrame({"max": g["seg_max"].first(), "min": g["seg_min"].first(),
-                            "count": g["count"].sum(), "f_min": g["f_min"].min(),
-                            "f_max": g["f_max"].max(), "n_leaves": g["leaf"].size()})
-        out["f_mean"] = g["f_sum"].sum() / out["count"]
-        return out.reset_index()
+    def _segments(self, p: float) -> pd.DataFrame:
+        seg, _ = self._level_state(p)
+        out = pd.DataFrame({"segment": np.arange(seg["count"].shape[0]),
+                            "max": self._sorted["max"]["extremum"][seg["max"]],
+                            "min": self._sorted["min"]["extremum"][seg["min"]],
+                            "count": seg["count"], "f_min": seg["f_min"],
+                            "f_max": seg["f_max"], "n_leaves": seg["n_leaves"]})
+        out["f_mean"] = seg["f_sum"] / np.maximum(out["count"].to_numpy(), 1)
+        return out
 
     def select(self, persistence: float = 0.0, segment: int | None = None,
                maximum: int | None = None, minimum: int | None = None) -> np.ndarray | None:
-        """Leaf ids of a selection (None = the whole data).
+        """Leaf ids (sorted, read-only) of a selection (None = the whole data).
 
         ``segment``: a segment id of `segments` at ``persistence``; ``maximum`` / ``minimum``:
         the sample index of a surviving extremum, selecting its whole ascending / descending
@@ -456,24 +616,189 @@ class Cube:
         """
         if segment is None and maximum is None and minimum is None:
             return None
-        ls = self.leaf_segments(persistence)
-        mask = np.ones(len(ls), dtype=bool)
-        if segment is not None:
-            nseg = int(ls["segment"].max()) + 1 if len(ls) else 0
-            if isinstance(segment, bool) or not isinstance(segment, int | np.integer) or not (
-                    0 <= segment < nseg):
-                raise InputError(f"segment must be an integer in [0, {nseg}) at persistence "
-                                 f"{persistence}, found {segment!r}")
-            mask &= ls["segment"].to_numpy() == segment
-        for col, val, kind in (("seg_max", maximum, "max"), ("seg_min", minimum, "min")):
+        p = self._p(persistence)
+        seg, _ = self._level_state(p)
+        nseg = seg["count"].shape[0]
+        if segment is not None and (
+                isinstance(segment, bool) or not isinstance(segment, int | np.integer)
+                or not 0 <= segment < nseg):
+            raise InputError(f"segment must be an integer in [0, {nseg}) at persistence "
+                             f"{persistence}, found {segment!r}")
+        for val, kind in ((maximum, "max"), (minimum, "min")):
             if val is None:
                 continue
-            alive = ls[col].to_numpy()
-            if not isinstance(val, int | np.integer) or val not in set(alive.tolist()):
+            ok = isinstance(val, int | np.integer) and not isinstance(val, bool)
+            if ok:
+                ids = self._sorted[kind]["extremum"]
+                at = int(np.searchsorted(ids, val))
+                ok = at < len(ids) and ids[at] == val and self._reps(p, kind)[at] == at \
+                    and bool(np.any(seg[kind] == at))
+            if not ok:
                 raise InputError(f"{val!r} is not a {kind}imum surviving at persistence "
                                  f"{persistence}")
-            mask &= alive == val
-        return ls["leaf"].to_numpy()[mask].astype(np.int32)
+        return self._select_cached(p, None if segment is None else int(segment),
+                                   None if maximum is None else int(maximum),
+                                   None if minimum is None else int(minimum))
+
+    def _select(self, p: float, segment, maximum, minimum) -> np.ndarray:
+        seg, leaf_seg = self._level_state(p)
+        keep = np.ones(seg["count"].shape[0], dtype=bool)
+        if segment is not None:
+            keep[:] = False
+            keep[segment] = True
+        for val, kind in ((maximum, "max"), (minimum, "min")):
+            if val is not None:
+                at = int(np.searchsorted(self._sorted[kind]["extremum"], val))
+                keep &= seg[kind] == at
+        out = np.flatnonzero(keep[leaf_seg]).astype(np.int32)
+        out.flags.writeable = False
+        return out
+
+    # --- in-memory histograms --------------------------------------------------------------
+    # A histogram of a selection is a bincount of the selected samples' codes. Rows are
+    # chosen once per (selection, brush) and cached; a selection holding more than half of
+    # its base (all samples, or the brushed ones) is counted as base minus the complement,
+    # so no query counts more than half of the samples. Base histograms (whole data, brushed
+    # or not) come from the stored whole-data tables where they can, else one pass, cached.
+    _CACHE_ITEMS = 48
+
+    def _remember(self, cache: dict, key, value):
+        with self._lock:  # server threads share the caches
+            while len(cache) >= self._CACHE_ITEMS:
+                cache.pop(next(iter(cache)))
+            cache[key] = value
+        return value
+
+    def _whole_tables(self) -> tuple[np.ndarray, dict]:
+        hit = self._hist_cache.get("whole")
+        if hit is None:
+            B = self.bins
+            w1 = np.zeros((self.d + 1, B), dtype=np.int64)
+            r = self._sql("SELECT axis, bin, count FROM hist1d WHERE leaf = -1")
+            w1[r["axis"].astype(np.int64), r["bin"].astype(np.int64)] = r["count"]
+            pairs: dict = {}
+            if (self.d + 1) * self.d // 2 * B * B * 8 <= 64 * 2**20:  # else per pair, lazily
+                r = self._sql("SELECT a, b, bin_a, bin_b, count FROM hist2d WHERE leaf = -1 "
+                              "ORDER BY a, b")
+                key = r["a"].astype(np.int64) * (self.d + 1) + r["b"]
+                cuts = np.flatnonzero(np.diff(key)) + 1
+                for part in np.split(np.arange(key.shape[0]), cuts):
+                    if part.size:
+                        h = np.zeros((B, B), dtype=np.int64)
+                        h[r["bin_a"][part].astype(np.int64),
+                          r["bin_b"][part].astype(np.int64)] = r["count"][part]
+                        pairs[divmod(int(key[part[0]]), self.d + 1)] = h
+            hit = self._hist_cache["whole"] = (w1, pairs)  # pinned: not evicted by _remember
+        return hit
+
+    def _whole2(self, a: int, b: int) -> np.ndarray:
+        """Whole-data joint histogram (bins, bins) of axes a (rows) and b; do not modify."""
+        pairs = self._whole_tables()[1]
+        lo, hi = min(a, b), max(a, b)
+        h = pairs.get((lo, hi))
+        if h is None:
+            key = ("whole2", lo, hi)
+            h = self._hist_cache.get(key)
+            if h is None:
+                h = self._remember(self._hist_cache, key, self._count(None, (lo, hi), self.bins))
+        return h if a < b else h.T
+
+    def _brush_mask(self, br: tuple[int, int, int]) -> np.ndarray:
+        key = ("mask", br)
+        hit = self._hist_cache.get(key)
+        if hit is None:
+            col = self._codes[br[0]]
+            hit = self._remember(self._hist_cache, key, (col >= br[1]) & (col <= br[2]))
+        return hit
+
+    def _count(self, rows: np.ndarray | None, axes: tuple[int, ...], res: int) -> np.ndarray:
+        step = self.bins // res
+        code = None
+        for a in axes:
+            col = self._codes[a] if rows is None else self._codes[a][rows]
+            col = col.astype(np.intp) if step == 1 else (col // step).astype(np.intp)
+            code = col if code is None else code * res + col
+        return np.bincount(code, minlength=res ** len(axes)).reshape((res,) * len(axes))
+
+    def _base_hist(self, br, axes: tuple[int, ...], res: int) -> np.ndarray:
+        """Histogram of all samples (inside the brush ``br`` if given); do not modify."""
+        if len(axes) == 1 and (br is None or br[0] == axes[0]):
+            h = self._whole_tables()[0][axes[0]].copy()
+            if br is not None:
+                h[: br[1]] = 0
+                h[br[2] + 1:] = 0
+            return _coarsen1(h, res)
+        if br is not None and len(axes) == 1:
+            h2 = self._whole2(axes[0], br[0])
+            return _coarsen1(h2[:, br[1]: br[2] + 1].sum(axis=1), res)
+        if len(axes) == 2 and (br is None or br[0] in axes):
+            h = self._whole2(*axes)
+            if br is not None:
+                h = h.copy()
+                if br[0] == axes[0]:
+                    h[: br[1]] = 0
+                    h[br[2] + 1:] = 0
+                else:
+                    h[:, : br[1]] = 0
+                    h[:, br[2] + 1:] = 0
+            return _coarsen(h, res)
+        key = ("base", br, axes, res)
+        hit = self._hist_cache.get(key)
+        if hit is None:
+            rows = np.flatnonzero(self._brush_mask(br)) if br is not None else None
+            hit = self._remember(self._hist_cache, key, self._count(rows, axes, res))
+        return hit
+
+    def _plan(self, leaves: np.ndarray, br) -> tuple[bool, np.ndarray]:
+        """(complement, rows): the histogram is base - count(rows) if complement, else
+        count(rows). Cached per (leaves object, brush)."""
+        key = (id(leaves), br)
+        hit = self._rows_cache.get(key)
+        if hit is not None and hit[0] is leaves:
+            return hit[1]
+        ids = np.asarray(leaves, dtype=np.int64)
+        L = len(self.leaves)
+        if ids.size and (ids.min() < 0 or ids.max() >= L):
+            raise InputError(f"leaf ids must be in [0, {L}), found {ids.min()}..{ids.max()}")
+        lm = np.zeros(L, dtype=bool)
+        lm[ids] = True
+        sel = lm[self._sample_leaf]
+        if br is None:
+            inside, total = sel, self.n
+        else:
+            bm = self._brush_mask(br)
+            inside, total = sel & bm, int(np.count_nonzero(bm))
+        if np.count_nonzero(inside) > total // 2:
+            np.logical_not(sel, out=sel)
+            plan = (True, np.flatnonzero(sel if br is None else sel & bm))
+        else:
+            plan = (False, np.flatnonzero(inside))
+        self._remember(self._rows_cache, key, (leaves, plan))
+        return plan
+
+    def _fast_hist(self, pairs: list[tuple[int, ...]], leaves, br, res: int) -> list:
+        if leaves is None:
+            return [self._base_hist(br, axes, res).copy() for axes in pairs]
+        complement, rows = self._plan(leaves, br)
+        step = self.bins // res
+        cols: dict[int, np.ndarray] = {}
+        out = []
+        for axes in pairs:
+            code = None
+            for a in axes:
+                if a not in cols:
+                    c = self._codes[a][rows]
+                    cols[a] = c.astype(np.intp) if step == 1 else (c // step).astype(np.intp)
+                code = cols[a] if code is None else code * res + cols[a]
+            h = np.bincount(code, minlength=res ** len(axes)).reshape((res,) * len(axes))
+            out.append(self._base_hist(br, axes, res) - h if complement else h)
+        return out
+
+    def brushable(self, a: int, b: int | None, brush_axis: int) -> bool:
+        """Whether a histogram of axes a (and b) can honour a brush on ``brush_axis``."""
+        if self._codes is not None or brush_axis in (a, b):
+            return True
+        return b is not None and self.has_hist3d
 
     # --- histograms ------------------------------------------------------------------------
     def _brush_bins(self, brush, bins: int) -> tuple[int, int, int] | None:
@@ -511,6 +836,10 @@ class Cube:
                brush: tuple | None = None) -> np.ndarray:
         """Counts (bins,) of ``axis`` over a selection of ``leaves`` (None = all data),
         optionally conditional on ``brush = (axis, lo, hi)`` in data units."""
+        if self._codes is not None:
+            a = self.axis(axis)
+            return self._fast_hist([(a,)], leaves, self._brush_bins(brush, self.bins),
+                                   self.bins)[0]
         comp = self._complement(leaves)
         if comp is not None:
             return self.hist1d(axis, persistence, None, brush) - (
@@ -546,8 +875,19 @@ class Cube:
         """Joint counts (bins, bins) of axes ``a`` (rows) and ``b`` (columns) over ``leaves``.
 
         ``bins`` (a divisor of the cube's resolution) coarsens the result. ``brush`` on a or b
-        filters bins; on a third axis it uses the 3-D histograms (ConfigurationError without).
+        filters bins. A brush on a third axis is exact (at the cube's resolution) when the
+        sample codes are in memory; otherwise it uses the 3-D histograms (at their coarser
+        resolution ``bins3d``; ConfigurationError without them).
         """
+        if self._codes is not None:
+            a, b = self.axis(a), self.axis(b)
+            if a == b:
+                raise InputError(f"a 2-D histogram needs two different axes, found {a} twice")
+            res = self.bins if bins is None else int(bins)
+            if res < 1 or self.bins % res:
+                raise InputError(f"bins must divide the cube resolution {self.bins}, found "
+                                 f"{bins}")
+            return self._fast_hist([(a, b)], leaves, self._brush_bins(brush, self.bins), res)[0]
         comp = self._complement(leaves)
         if comp is not None:
             whole = self.hist2d(a, b, persistence, None, brush, bins)
@@ -598,7 +938,8 @@ class Cube:
         """Density parallel coordinates: for each pair of adjacent ``axes`` (default: all dims,
         then f) the joint histogram (bins, bins) of the selection, and whether it honours the
         brush (a brush on a third axis needs the 3-D histograms; without them that pair is
-        drawn unbrushed). Pairs that need no brush are fetched in one SQL query."""
+        drawn unbrushed; with the sample codes in memory every pair honours it). In SQL mode
+        pairs that need no brush are fetched in one SQL query."""
         axes = list(range(self.d + 1)) if axes is None else [self.axis(x) for x in axes]
         if self.bins % bins:
             raise InputError(f"bins must divide the cube resolution {self.bins}, found {bins}")
@@ -606,6 +947,9 @@ class Cube:
         pairs = list(itertools.pairwise(axes))
         if any(a == b for a, b in pairs):
             raise InputError(f"adjacent parallel-coordinate axes must differ, found {axes}")
+        if self._codes is not None:
+            hs = self._fast_hist(pairs, leaves, self._brush_bins(brush, self.bins), bins)
+            return [(h, brush is not None) for h in hs]
         plain = [(a, b) for a, b in pairs if brush is None or
                  (br_axis not in (a, b) and not self.has_hist3d)]
         fetched = self._hist2d_many(plain, leaves, bins) if plain else {}
@@ -644,40 +988,31 @@ class Cube:
     # --- spine -----------------------------------------------------------------------------
     def spine(self, persistence: float = 0.0) -> dict[str, pd.DataFrame]:
         """Topological spine at ``persistence`` (see `_spine`); cached per level."""
-        p = max(_level(persistence), float(self.meta.get("base_persistence", 0.0)))
-        return {key: df.copy() for key, df in self._spine_cached(p).items()}
+        return {key: df.copy() for key, df in self._spine_cached(self._p(persistence)).items()}
 
-    def _spine(self, persistence: float = 0.0) -> dict[str, pd.DataFrame]:
-        """Topological spine at ``persistence``: ``nodes`` (surviving extrema with f value,
-        region volume = samples in their ascending/descending region, pc1, pc2) and ``links``
-        (the highest saddle between each pair of neighbouring surviving maxima, the lowest
-        between minima)."""
-        p = max(_level(persistence), float(self.meta.get("base_persistence", 0.0)))
-        ls = self._leaf_segments(p)
-        counts = ls["count"].to_numpy()
+    def _spine(self, p: float) -> dict[str, pd.DataFrame]:
+        """Topological spine at ``p``: ``nodes`` (surviving extrema with f value, region
+        volume = samples in their ascending/descending region, pc1, pc2) and ``links`` (the
+        highest saddle between each pair of neighbouring surviving maxima, the lowest between
+        minima), reduced from the highest hierarchy checkpoint <= p."""
+        links_ck = self._checkpoint(p)[3]
         nodes, links = [], []
-        for kind, col in (("max", "seg_max"), ("min", "seg_min")):
+        for kind in ("max", "min"):
             t = self._sorted[kind]
-            ext, inv = np.unique(ls[col].to_numpy(), return_inverse=True)
-            vol = np.bincount(inv.reshape(-1), weights=counts, minlength=len(ext))
-            at = np.searchsorted(t["extremum"], ext)
-            nodes.append(pd.DataFrame({"extremum": ext, "kind": kind, "value": t["value"][at],
+            rep = self._reps(p, kind)
+            vol = np.bincount(rep, weights=self._own_volume[kind], minlength=rep.shape[0])
+            at = np.flatnonzero(vol > 0)
+            nodes.append(pd.DataFrame({"extremum": t["extremum"][at], "kind": kind,
+                                       "value": t["value"][at],
                                        "persistence": t["persistence"][at],
-                                       "volume": vol.astype(np.int64), "pc1": t["pc1"][at],
+                                       "volume": vol[at].astype(np.int64), "pc1": t["pc1"][at],
                                        "pc2": t["pc2"][at]}))
-            lut = self._lut(p, kind)
-            s = self._saddles[kind]  # sorted best saddle first (highest for maxima)
-            ra = lut[s["a"]]
-            rb = lut[s["b"]]
-            keep = np.flatnonzero(ra != rb)
-            ra, rb = ra[keep].astype(np.int64), rb[keep].astype(np.int64)
-            a, b = np.minimum(ra, rb), np.maximum(ra, rb)
-            _, first = np.unique(a * self.n + b, return_index=True)
-            first = np.sort(first)  # the first (best) saddle of every pair, best first
-            sel = keep[first]
-            links.append(pd.DataFrame({"kind": kind, "a": a[first], "b": b[first],
-                                       "saddle": s["saddle"][sel], "value": s["value"][sel],
-                                       "pc1": s["pc1"][sel], "pc2": s["pc2"][sel]}))
+            lo, hi, sel = self._reduce_links(links_ck[kind], p, kind)
+            s = self._saddles[kind]
+            links.append(pd.DataFrame({"kind": kind, "a": t["extremum"][lo],
+                                       "b": t["extremum"][hi], "saddle": s["saddle"][sel],
+                                       "value": s["value"][sel], "pc1": s["pc1"][sel],
+                                       "pc2": s["pc2"][sel]}))
         return {"nodes": pd.concat(nodes, ignore_index=True),
                 "links": pd.concat(links, ignore_index=True)}
 
@@ -694,6 +1029,11 @@ def _level(persistence: object) -> float:
     if not (0.0 <= p <= 1.0):
         raise InputError(f"persistence must be a number in [0, 1], found {persistence!r}")
     return p
+
+
+def _coarsen1(h: np.ndarray, res: int) -> np.ndarray:
+    n = h.shape[0]
+    return h if res == n else h.reshape(res, n // res).sum(axis=1)
 
 
 def _coarsen(h: np.ndarray, res: int) -> np.ndarray:

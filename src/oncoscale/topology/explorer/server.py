@@ -12,6 +12,11 @@ Routes (all GET):
 ``/api/hist2d``            joint histogram of ``a`` x ``b`` (``bins`` 2..resolution), brushable
 ``/api/pcoords``           density parallel coordinates (``bins`` 2..64)
 
+Answers are JSON, computed by the `Cube` (in-memory sample codes and hierarchy checkpoints,
+see `oncoscale.topology.cube`) and kept in a bounded LRU cache keyed by route and the
+normalised parameters, so a repeated view (going back to a level or a selection) is served
+without recomputation.
+
 Selections: ``seg`` (segment id at ``p``) or ``max`` / ``min`` (sample index of a surviving
 extremum). Brush: ``baxis``, ``blo``, ``bhi`` (data units), all three or none. Every parameter
 is validated (known names only, types, ranges, known axes); a bad one gives HTTP 400 with a
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +61,39 @@ _SECURITY_HEADERS = {
 
 class BadParamError(Exception):
     """A query parameter that fails validation (HTTP 400)."""
+
+
+class ResponseCache:
+    """Thread-safe LRU of encoded JSON bodies, bounded in entries and in bytes."""
+
+    def __init__(self, max_items: int = 1024, max_bytes: int = 64 * 2**20) -> None:
+        self.max_items, self.max_bytes = max_items, max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key) -> bytes | None:
+        with self._lock:
+            body = self._items.get(key)
+            if body is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return body
+
+    def put(self, key, body: bytes) -> None:
+        if len(body) > self.max_bytes // 4:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = body
+            self._bytes += len(body)
+            while len(self._items) > self.max_items or self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
 
 
 def plotly_js_path() -> Path:
@@ -161,6 +201,17 @@ class Params:
             raise BadParamError(f"brush needs blo <= bhi, found [{lo}, {hi}]")
         return ax, lo, hi
 
+    def key(self) -> tuple:
+        """The parameters as a cache key (numbers normalised: ``p=0.10`` is ``p=0.1``)."""
+        out = []
+        for k, v in sorted(self.q.items()):
+            try:
+                num = float(v)
+                out.append((k, num if math.isfinite(num) else v))
+            except ValueError:
+                out.append((k, v))
+        return tuple(out)
+
 
 def _levels(cube, limit: int = 2000) -> list[float]:
     lv = cube.levels()
@@ -169,8 +220,9 @@ def _levels(cube, limit: int = 2000) -> list[float]:
     return [float(x) for x in lv]
 
 
-def create_app(cube_path: str | Path):
-    """The Starlette application serving ``cube_path`` (opened read-only, validated now)."""
+def create_app(cube_path: str | Path, cache_bytes: int = 64 * 2**20):
+    """The Starlette application serving ``cube_path`` (opened read-only, validated now, its
+    whole-data tables loaded); answers are cached up to ``cache_bytes`` (0: no cache)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import FileResponse, JSONResponse, Response
@@ -179,7 +231,9 @@ def create_app(cube_path: str | Path):
     from oncoscale.topology.cube import Cube
 
     cube = Cube(cube_path)
+    cube.warm()
     files = static_files()
+    cache = ResponseCache(max_bytes=cache_bytes)
 
     def json(data: Any, status: int = 200) -> Response:
         return JSONResponse(data, status_code=status, headers=_SECURITY_HEADERS)
@@ -201,7 +255,14 @@ def create_app(cube_path: str | Path):
 
         def endpoint(request: Request) -> Response:
             try:
-                return json(fn(Params(route, request.query_params, cube)))
+                q = Params(route, request.query_params, cube)
+                key = (route, q.key())
+                body = cache.get(key) if cache_bytes else None
+                if body is None:
+                    body = json(fn(q)).body
+                    if cache_bytes:
+                        cache.put(key, body)
+                return Response(body, media_type="application/json", headers=_SECURITY_HEADERS)
             except BadParamError as exc:
                 return json({"error": str(exc)}, 400)
             except (InputError, ConfigurationError) as exc:
@@ -249,7 +310,7 @@ def create_app(cube_path: str | Path):
             raise BadParamError(f"bins must divide the cube resolution {cube.bins}, found {bins}")
         leaves = q.selection(p)
         brush = q.brush()
-        brushed = brush is not None and (brush[0] in (a, b) or cube.has_hist3d)
+        brushed = brush is not None and cube.brushable(a, b, brush[0])
         h = cube.hist2d(a, b, p, leaves, brush if brushed else None, bins=bins)
         return {"a": a, "b": b, "bins": int(h.shape[0]), "counts": h.tolist(),
                 "brushed": brushed,
@@ -274,4 +335,5 @@ def create_app(cube_path: str | Path):
     routes += [api(fn) for fn in (meta, spine, segments, hist, hist2d, pcoords)]
     app = Starlette(routes=routes)
     app.state.cube = cube
+    app.state.cache = cache
     return app
