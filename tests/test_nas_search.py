@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from oncoscale.nas.search import Search, eval_config
 from oncoscale.nas.workers import ProcessPool
 
 MARK_RAISE, MARK_NAN, MARK_SLOW, MARK_EXIT, MARK_HANG = 0.0777, 0.0666, 0.0555, 0.0444, 0.0333
+MARK_HOG = 0.0222  # allocates HOG_MIB while training
 TESTS = Path(__file__).parent
 
 
@@ -47,6 +49,18 @@ class _Sleep(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         time.sleep(self.seconds)
         return x
+
+
+class _Hog(nn.Module):
+    """Holds a large buffer for a while, as a memory-hungry candidate would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hog = torch.ones(HOG_MIB * 2**18)  # float32: HOG_MIB MiB, touched
+        time.sleep(5.0)
+        return x + hog[0] * 0
+
+
+HOG_MIB = 800
 
 
 class FaultyEvaluator(Evaluator):
@@ -73,6 +87,8 @@ class FaultyEvaluator(Evaluator):
             net = nn.Sequential(_Sleep(0.8), net)
         elif lr == MARK_HANG:
             net = nn.Sequential(_Sleep(120.0), net)
+        elif lr == MARK_HOG:
+            net = nn.Sequential(_Hog(), net)
         return net, info
 
     def __call__(self, genome_json, seed=0, cand_id=None):
@@ -145,21 +161,24 @@ def test_failed_candidates_do_not_stop_the_search(tmp_path):
     Genome.from_json(h["genome"].iloc[0])  # the stored genome is readable
 
 
-def test_dead_worker_is_requeued_and_hung_worker_killed(tmp_path):
-    cfg = tiny_config(tmp_path, search={"population": 3, "evaluations": 3},
+def test_dead_worker_requeued_hung_and_memory_hungry_workers_killed(tmp_path):
+    cfg = tiny_config(tmp_path, search={"population": 4, "evaluations": 4},
                       budget={"timeout_s": 60.0})
     ev = FaultyEvaluator(tiny_data(), eval_config(cfg), marker_dir=str(tmp_path))
-    seeds = [marked(MARK_EXIT), marked(MARK_HANG), marked(0.001)]
+    seeds = [marked(MARK_EXIT), marked(MARK_HANG), marked(MARK_HOG), marked(0.001)]
     s = Search(cfg, tmp_path / "run", evaluator=ev, seeds=seeds,
-               pool_factory=lambda e: ProcessPool(e, 2, timeout_s=8.0))
+               pool_factory=lambda e: ProcessPool(e, 2, timeout_s=5.0, max_memory_mb=300))
     s.run()
     assert (tmp_path / "died-once").exists()  # the worker really died once
     h = pd.read_csv(tmp_path / "run" / "history.csv").set_index("id")
-    assert len(h) == 3
+    assert len(h) == 4
     assert h.loc[0, "status"] == "ok" and h.loc[0, "attempts"] == 1
     assert h.loc[1, "status"] == "failed"
     assert "worker killed" in h.loc[1, "reason"]
-    assert h.loc[2, "status"] == "ok"
+    m = re.match(r"memory budget exceeded \((\d+) MiB > 300 MiB\)", h.loc[2, "reason"])
+    assert h.loc[2, "status"] == "failed" and m, h.loc[2, "reason"]
+    assert 300 < int(m.group(1)) <= HOG_MIB + 100
+    assert h.loc[3, "status"] == "ok"
     assert h["worker"].str.startswith("proc-").all()
 
 
@@ -268,36 +287,3 @@ def test_config_errors(tmp_path):
         load_config(p)
     assert np.isfinite(tiny_config(tmp_path).budget.timeout_s)
 
-
-COMM_SCRIPT = """
-import sys, torch
-torch.set_num_threads(1)
-sys.path.insert(0, {tests!r})
-from oncoscale import comm
-from oncoscale.nas.workers import CommPool, serve_comm_worker
-from test_nas_search import make_search
-world = comm.init()
-search = make_search({run!r}, search={{"evaluations": 3, "population": 2}})
-if world.rank == 0:
-    search.pool_factory = lambda e: CommPool(world)
-    s = search.run()
-    print("RESULT", len(s.finished()), sorted({{c.worker for c in s.finished()}}))
-else:
-    serve_comm_worker(world, search.evaluator)
-world.shutdown()
-"""
-
-
-@pytest.mark.multiproc
-def test_comm_world_workers(tmp_path):
-    """Master on rank 0, evaluations on rank 1 of a real 2-rank oncoscale.comm world."""
-    script = tmp_path / "comm_nas.py"
-    script.write_text(COMM_SCRIPT.format(tests=str(TESTS), run=str(tmp_path / "run")))
-    torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
-                          str(script)], capture_output=True, text=True, timeout=180, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "RESULT 3 ['rank-1']" in out.stdout
-    h = pd.read_csv(tmp_path / "run" / "history.csv")
-    assert len(h) == 3 and (h["worker"] == "rank-1").all()

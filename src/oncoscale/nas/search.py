@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from oncoscale._io import atomic_write_text
-from oncoscale.errors import ConfigurationError, InputError
+from oncoscale.errors import CommunicationError, ConfigurationError, InputError
 from oncoscale.nas.config import SearchConfig
 from oncoscale.nas.evaluate import (
     STATUS_FAILED,
@@ -314,8 +314,9 @@ class Search:
         if w.transport == "comm":
             from oncoscale.nas.workers import CommPool
 
-            return CommPool(self._world or _comm_world())
-        return ProcessPool(evaluator, w.n, threads=w.threads, timeout_s=hard)
+            return CommPool(self._world or _comm_world(), timeout_s=hard)
+        return ProcessPool(evaluator, w.n, threads=w.threads, timeout_s=hard,
+                           max_memory_mb=self.config.budget.max_memory_mb or None)
 
     def run(self, resume: bool = False) -> Search:
         """Run until ``[search] evaluations`` candidates have a result; returns ``self``.
@@ -333,6 +334,9 @@ class Search:
                 serve_comm_worker(self._world, evaluator, self.config.workers.threads)
                 return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and self.state_path.exists() and \
+                os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0"):
+            resume = True  # torchrun --max-restarts restarted the job: carry on from the checkpoint
         if resume:
             self._load()
         elif self.state_path.exists():
@@ -372,8 +376,15 @@ class Search:
                     task = queue.popleft()
                     pool.submit(task)
                     inflight[task.cand_id] = task
-                if not inflight:
+                if not inflight and not queue and self.n_created_ >= target:
                     break
+                if getattr(pool, "n_alive", 1) == 0:
+                    reasons = "; ".join(f"rank {r}: {why}" for r, why in
+                                        sorted(getattr(pool, "reasons_", {}).items()))
+                    raise CommunicationError(
+                        f"all {pool.n_workers} workers are gone ({reasons}); "
+                        f"{len(self.finished())} of {target} evaluations done, the search is "
+                        f"checkpointed in {self.run_dir} (continue with resume / --resume)")
                 for ev in pool.wait(1.0):
                     cand = self.candidates_[ev.task.cand_id]
                     inflight.pop(ev.task.cand_id, None)

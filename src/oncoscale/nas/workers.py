@@ -6,11 +6,14 @@ idle workers and ``wait``s for events, each either :class:`Done` (a result) or :
 
 * :class:`InlinePool` - evaluates in the calling process (tests, debugging, ``workers = 0``).
 * :class:`ProcessPool` - local worker processes started with ``multiprocessing`` *spawn*,
-  each with ``torch.set_num_threads(threads)``. The master kills a worker that overruns the
-  hard time limit (recorded as a failed ``timeout``) and restarts dead workers.
+  each with ``torch.set_num_threads(threads)`` and ``OMP_NUM_THREADS=threads``. The master
+  kills a worker that overruns the hard time limit (a failed ``timeout``) or whose resident
+  memory grows past the memory budget during a task (a failed ``memory budget exceeded``),
+  and restarts dead or killed workers.
 * :class:`CommPool` - ranks of an ``oncoscale.comm`` world: rank 0 is the master, every
   other rank runs :func:`serve_comm_worker`. Messages are pickled and sent as uint8 tensors
-  with the world's point-to-point ``isend``/``irecv``.
+  with the world's point-to-point ``send``/``recv``. Workers send heartbeats; a rank whose
+  connection breaks or whose heartbeats stop is marked dead and its task re-queued.
 """
 
 from __future__ import annotations
@@ -105,9 +108,25 @@ class InlinePool:
 
 # --------------------------------------------------------------------------- processes
 
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of process ``pid`` in MiB (Linux ``/proc``; None where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _worker_main(conn: Connection, evaluator: EvaluateFn, threads: int) -> None:
     """Loop of a worker process: receive a Task, send back (cand_id, EvalResult)."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    for var in _THREAD_VARS:
+        os.environ[var] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
@@ -136,23 +155,36 @@ class _Slot:
     task: Task | None = None
     started: float = 0.0
     ready: bool = False
+    base_mib: float | None = None  # resident memory when the task started
+    peak_mib: float = 0.0  # largest growth over base_mib seen during the task
 
 
 class ProcessPool:
     """``n_workers`` spawned processes, each evaluating one task at a time.
 
+    ``threads``: torch intra-op threads of each worker (``OMP_NUM_THREADS`` is set to the
+    same before torch loads, so ``n_workers x threads`` should not exceed the cores).
     ``timeout_s``: a task running longer than this (wall time, as seen by the master) has
     its worker killed and is reported as a failed ``timeout``; None disables the check.
+    ``max_memory_mb``: a task whose worker's resident memory grows by more than this many
+    MiB over its level when the task started (the candidate's own use: weights, gradients,
+    optimiser state, activations; not torch and the data, which every worker holds) has its
+    worker killed and is reported as failed ``memory budget exceeded (X MiB > Y MiB)``.
+    Memory is sampled every ``poll_s`` seconds from ``/proc`` (Linux; elsewhere the
+    evaluator's estimate is the only check).
     """
 
     def __init__(self, evaluator: EvaluateFn, n_workers: int = 2, *, threads: int = 1,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, max_memory_mb: float | None = None,
+                 poll_s: float = 0.1) -> None:
         if n_workers < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
         self.evaluator = evaluator
         self.n_workers = n_workers
         self.threads = threads
         self.timeout_s = timeout_s
+        self.max_memory_mb = max_memory_mb
+        self.poll_s = poll_s
         self._ctx = mp.get_context("spawn")
         self._slots: list[_Slot] = []
         self._counter = 0
@@ -165,7 +197,18 @@ class ProcessPool:
         self._counter += 1
         proc = self._ctx.Process(target=_worker_main, args=(child, self.evaluator, self.threads),
                                  name=f"oncoscale-nas-{name}", daemon=True)
-        proc.start()
+        # the child inherits the environment at start: OpenMP reads it when torch loads,
+        # which under spawn may happen while unpickling, before _worker_main runs
+        saved = {v: os.environ.get(v) for v in _THREAD_VARS}
+        os.environ.update({v: str(self.threads) for v in _THREAD_VARS})
+        try:
+            proc.start()
+        finally:
+            for v, old in saved.items():
+                if old is None:
+                    os.environ.pop(v, None)
+                else:
+                    os.environ[v] = old
         child.close()
         return _Slot(name, proc, parent)
 
@@ -188,10 +231,16 @@ class ProcessPool:
                     return False  # died while starting; wait() reports it with its task
         return True
 
+    def _start_clock(self, s: _Slot) -> None:
+        s.started = time.monotonic()
+        s.base_mib = rss_mib(s.proc.pid) if self.max_memory_mb is not None else None
+        s.peak_mib = 0.0
+
     def submit(self, task: Task) -> None:
         for s in self._slots:
             if s.task is None:
-                s.task, s.started = task, time.monotonic()
+                s.task = task
+                self._start_clock(s)
                 with contextlib.suppress(BrokenPipeError, OSError):
                     s.conn.send(task)  # a dead worker is noticed by wait()
                 return
@@ -205,9 +254,31 @@ class ProcessPool:
         slot.proc.join(timeout=5)
         new = self._spawn()
         slot.name, slot.proc, slot.conn, slot.task = new.name, new.proc, new.conn, None
-        slot.ready = False
+        slot.ready, slot.base_mib, slot.peak_mib = False, None, 0.0
+
+    def _over_memory(self, s: _Slot) -> float | None:
+        """The task's memory growth in MiB when it exceeds the budget, else None."""
+        if self.max_memory_mb is None or not s.ready or s.base_mib is None:
+            return None
+        now = rss_mib(s.proc.pid)
+        if now is None:
+            return None
+        used = now - s.base_mib
+        s.peak_mib = max(s.peak_mib, used)
+        return used if used > self.max_memory_mb else None
 
     def wait(self, timeout: float) -> list[Event]:
+        """Block up to ``timeout`` s (sampling memory every ``poll_s`` s when it is limited);
+        return as soon as something happened."""
+        end = time.monotonic() + timeout
+        while True:
+            left = max(0.0, end - time.monotonic())
+            step = left if self.max_memory_mb is None else min(left, self.poll_s)
+            events = self._wait_once(step)
+            if events or time.monotonic() >= end or not any(s.task for s in self._slots):
+                return events
+
+    def _wait_once(self, timeout: float) -> list[Event]:
         events: list[Event] = []
         busy = [s for s in self._slots if s.task is not None]
         if not busy:
@@ -229,7 +300,8 @@ class ProcessPool:
                     self._replace(s)
                     continue
                 if msg == "ready":  # start-up (torch import, data setup) is not task time
-                    s.ready, s.started = True, time.monotonic()
+                    s.ready = True
+                    self._start_clock(s)
                     continue
                 _cand_id, result = msg
                 events.append(Done(s.task, result, s.name))
@@ -242,6 +314,12 @@ class ProcessPool:
                     time.monotonic() - s.started > self.timeout_s:
                 res = EvalResult(STATUS_FAILED, reason=f"timeout: no result after "
                                  f"{self.timeout_s:g} s, worker killed",
+                                 seconds=time.monotonic() - s.started)
+                events.append(Done(s.task, res, s.name))
+                self._replace(s)
+            elif (used := self._over_memory(s)) is not None:
+                res = EvalResult(STATUS_FAILED, reason=f"memory budget exceeded ({used:.0f} MiB"
+                                 f" > {self.max_memory_mb:.0f} MiB), worker killed",
                                  seconds=time.monotonic() - s.started)
                 events.append(Done(s.task, res, s.name))
                 self._replace(s)
@@ -271,6 +349,7 @@ class ProcessPool:
 # --------------------------------------------------------------------------- comm world
 
 _TAG_LEN, _TAG_MSG = 7100, 7101
+_HEARTBEAT = "hb"
 
 
 def _send_obj(world: Any, obj: Any, dst: int) -> None:
@@ -294,14 +373,29 @@ def _recv_obj(world: Any, src: int) -> Any:
 class CommPool:
     """Workers are ranks 1..size-1 of an ``oncoscale.comm`` world; this process is rank 0.
 
-    Uses the world's blocking tensor ``send(t, dst, tag=)`` / ``recv(t, src, tag=)``: one
-    receiver thread per worker rank waits for its results (gloo's point-to-point handles
-    cannot be polled), so the master stays asynchronous. Worker death is not detectable
-    through a collective engine (the launcher aborts the job), so this pool re-queues
-    nothing; on one node prefer :class:`ProcessPool`.
+    Uses the world's blocking tensor ``send``/``recv``: one receiver thread per worker rank
+    waits for that rank's messages (gloo's point-to-point handles cannot be polled), so the
+    master stays asynchronous. Liveness:
+
+    * a rank whose connection breaks (the process died: the engine reports "connection
+      closed by peer") or whose heartbeats stop for ``heartbeat_timeout_s`` seconds is marked
+      dead; its task comes back as :class:`Died` (the search re-queues it on a live rank) and
+      it gets no more tasks;
+    * a rank that keeps sending heartbeats but has no result ``timeout_s`` seconds after it
+      started the task is running a hung candidate: the task is reported as a failed
+      ``timeout`` and the rank is parked until its late answer arrives (then it is idle
+      again; the late result is dropped);
+    * :attr:`n_alive` counts ranks not marked dead; the search stops with a
+      :class:`~oncoscale.errors.CommunicationError` when it reaches 0 with work left.
+
+    A launcher may end the whole job when one rank exits with an error (``torchrun`` and
+    ``mpiexec`` do); then the checkpoint and ``--resume`` (or ``torchrun --max-restarts``)
+    carry the search on. Launches that leave the other ranks running (``env://`` with one
+    process per rank, ``srun`` without ``--kill-on-bad-exit``) keep the search going.
     """
 
-    def __init__(self, world: Any) -> None:
+    def __init__(self, world: Any, *, timeout_s: float | None = None,
+                 heartbeat_timeout_s: float = 60.0) -> None:
         import queue
         import threading
 
@@ -311,77 +405,180 @@ class CommPool:
             raise ValueError("CommPool needs a world of at least 2 ranks")
         self.world = world
         self.n_workers = world.size - 1
-        self._busy: dict[int, Task] = {}
+        self.timeout_s = timeout_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        ranks = range(1, world.size)
+        now = time.monotonic()
+        self.state_: dict[int, str] = {r: "idle" for r in ranks}  # idle busy parked dead
+        self.reasons_: dict[int, str] = {}  # why a rank was marked dead
+        self._task: dict[int, Task] = {}
+        self._started: dict[int, float] = {}
+        self._ready: dict[int, bool] = {r: False for r in ranks}
+        self._seen: dict[int, float] = {r: now for r in ranks}
+        self._pending: list[Event] = []
         self._results: queue.Queue[tuple[int, Any]] = queue.Queue()
         self._threads = [threading.Thread(target=self._receive, args=(r,), daemon=True,
-                                          name=f"nas-comm-recv-{r}")
-                         for r in range(1, world.size)]
+                                          name=f"nas-comm-recv-{r}") for r in ranks]
         for t in self._threads:
             t.start()
+
+    @property
+    def n_alive(self) -> int:
+        """Worker ranks not marked dead."""
+        return sum(st != "dead" for st in self.state_.values())
 
     def _receive(self, rank: int) -> None:
         while True:
             try:
                 msg = _recv_obj(self.world, rank)
-            except Exception as exc:  # the engine failed: report and stop listening
+            except Exception as exc:  # the engine failed (peer gone): report, stop listening
                 self._results.put((rank, exc))
                 return
+            self._seen[rank] = time.monotonic()
+            if msg == _HEARTBEAT:
+                continue
+            self._results.put((rank, msg))
             if msg == "bye":
                 return
-            self._results.put((rank, msg))
 
     def idle(self) -> int:
-        return self.n_workers - len(self._busy)
+        return sum(st == "idle" for st in self.state_.values())
 
     def submit(self, task: Task) -> None:
-        for r in range(1, self.world.size):
-            if r not in self._busy:
-                self._busy[r] = task
-                _send_obj(self.world, task, r)
+        for r, st in self.state_.items():
+            if st == "idle":
+                self.state_[r], self._task[r] = "busy", task
+                self._started[r] = time.monotonic()
+                try:
+                    _send_obj(self.world, task, r)
+                except Exception as exc:  # the rank is gone: the task comes back as Died
+                    self._mark_dead(r, f"send failed: {type(exc).__name__}: {exc}")
                 return
         raise RuntimeError("no idle worker")
+
+    def _mark_dead(self, rank: int, reason: str) -> None:
+        task = self._task.pop(rank, None)
+        if self.state_[rank] == "busy" and task is not None:
+            self._pending.append(Died(task, f"rank-{rank}", reason))
+        self.state_[rank] = "dead"
+        self.reasons_[rank] = reason
+
+    def _handle(self, rank: int, msg: Any) -> None:
+        st = self.state_[rank]
+        if st == "dead":
+            return
+        if isinstance(msg, Exception):
+            self._mark_dead(rank, f"{type(msg).__name__}: {str(msg)[:300]}")
+        elif msg == "ready":  # start-up (torch import, data setup) is not task time
+            self._ready[rank] = True
+            self._started[rank] = time.monotonic()
+        elif msg == "bye":
+            self.state_[rank] = "dead"
+            self.reasons_[rank] = "closed"
+        elif isinstance(msg, tuple) and msg and msg[0] in ("result", "died"):
+            kind, cand_id, payload = msg
+            task = self._task.get(rank)
+            if st == "busy" and task is not None and task.cand_id == cand_id:
+                del self._task[rank]
+                if kind == "result":
+                    self._pending.append(Done(task, payload, f"rank-{rank}"))
+                else:  # the rank's evaluation process died; the rank lives on
+                    self._pending.append(Died(task, f"rank-{rank}", str(payload)))
+            if st in ("busy", "parked"):  # a parked rank's late answer frees it
+                self.state_[rank] = "idle"
+                self._task.pop(rank, None)
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for r, st in self.state_.items():
+            if st == "dead":
+                continue
+            silent = now - self._seen[r]
+            if silent > self.heartbeat_timeout_s:
+                self._mark_dead(r, f"no heartbeat for {silent:.0f} s")
+            elif st == "busy" and self.timeout_s is not None and self._ready[r] and \
+                    now - self._started[r] > self.timeout_s:
+                task = self._task[r]
+                res = EvalResult(STATUS_FAILED, seconds=now - self._started[r],
+                                 reason=f"timeout: no result after {self.timeout_s:g} s "
+                                        f"(rank {r} alive; parked until it answers)")
+                self._pending.append(Done(task, res, f"rank-{r}"))
+                self.state_[r] = "parked"
 
     def wait(self, timeout: float) -> list[Event]:
         import queue
 
-        events: list[Event] = []
-        try:
-            item = self._results.get(timeout=timeout)
-        except queue.Empty:
-            return events
+        end = time.monotonic() + timeout
         while True:
-            rank, msg = item
-            task = self._busy.pop(rank, None)
-            if task is not None:
-                if isinstance(msg, Exception):
-                    events.append(Died(task, f"rank-{rank}", f"{type(msg).__name__}: {msg}"))
-                else:
-                    events.append(Done(task, msg[1], f"rank-{rank}"))
+            left = end - time.monotonic()
             try:
-                item = self._results.get_nowait()
+                item = self._results.get(timeout=max(0.0, min(left, 0.5)))
             except queue.Empty:
+                item = None
+            while item is not None:
+                self._handle(*item)
+                try:
+                    item = self._results.get_nowait()
+                except queue.Empty:
+                    item = None
+            self._check_deadlines()
+            if self._pending or time.monotonic() >= end:
+                events, self._pending = self._pending, []
                 return events
 
     def close(self) -> None:
-        for r in range(1, self.world.size):
+        """Tell every live rank to stop and wait (up to 10 s) for their goodbyes; receiver
+        threads of dead ranks are daemons and are left behind."""
+        live = [r for r, st in self.state_.items() if st != "dead"]
+        for r in live:
             with contextlib.suppress(Exception):
                 _send_obj(self.world, None, r)
-        for t in self._threads:
-            t.join(timeout=10)
+        deadline = time.monotonic() + 10
+        for r in live:
+            self._threads[r - 1].join(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def serve_comm_worker(world: Any, evaluator: EvaluateFn, threads: int = 1) -> None:
-    """Run on ranks >= 1: evaluate tasks from rank 0 until told to stop."""
+def serve_comm_worker(world: Any, evaluator: EvaluateFn, threads: int = 1, *,
+                      heartbeat_s: float = 2.0) -> None:
+    """Run on ranks >= 1: evaluate tasks from rank 0 until told to stop.
+
+    A background thread sends a heartbeat to rank 0 every ``heartbeat_s`` seconds (also
+    while a candidate trains) so the master can tell a live rank from a vanished one.
+    """
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def send(obj: Any) -> None:
+        with lock:  # a message is two sends (length, bytes): never interleave two messages
+            _send_obj(world, obj, 0)
+
+    def beat() -> None:
+        while not stop.wait(heartbeat_s):
+            try:
+                with lock:
+                    if stop.is_set():
+                        return
+                    _send_obj(world, _HEARTBEAT, 0)
+            except Exception:  # the master is gone; the main loop notices on its next recv
+                return
+
+    beater = threading.Thread(target=beat, daemon=True, name="nas-comm-heartbeat")
+    beater.start()
     setup = getattr(evaluator, "setup", None)
     if setup is not None:
         setup()
+    send("ready")
     while True:
         task = _recv_obj(world, 0)
         if task is None:
-            _send_obj(world, "bye", 0)
+            with lock:
+                stop.set()
+            send("bye")
             return
         result = evaluator(task.genome, task.seed, task.cand_id)
-        _send_obj(world, (task.cand_id, result), 0)
+        send(("result", task.cand_id, result))
