@@ -30,6 +30,8 @@ channel, in call order; ``async_op=True`` returns a :class:`~oncoscale.comm.Work
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 import zlib
 from collections.abc import Callable
@@ -54,7 +56,17 @@ _DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.floa
 _ALGO_CODE = {name: i for i, name in enumerate(("auto", *ALGORITHMS))}
 _OP_CODE = {"sum": 1, "avg": 2}
 _HEADER = 16  # bytes: (kind, count) as int64 in front of every message
-_FIXED = 8  # fixed columns of the agreement header (then p per-range counts)
+_FIXED = 10  # fixed columns of the agreement header (then p per-range counts)
+# Eager path: the agreement header is one fixed-size allgather that also carries each rank's
+# whole message when it fits in ``cap`` bytes; when every rank's fits, the collective is
+# complete after that one allgather (small, latency-bound calls). ``cap`` is a pure function
+# of the agreed history of the group (identical on every rank, whatever the local input).
+_EAGER_ALGOS = ("auto", "allgather")
+_EAGER_DEFAULT = 2048  # bytes, before any history
+_EAGER_MAX = 128 * 1024  # bytes per rank
+_EAGER_TOTAL = 1 << 20  # bytes gathered in all (p * cap)
+_EAGER_WINDOW = 4  # calls of history
+_EAGER_CODES = {_ALGO_CODE[a] for a in _EAGER_ALGOS}
 
 # -- local helpers ---------------------------------------------------------------------------
 
@@ -280,7 +292,7 @@ def _dense(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
         raise ConfigurationError(
             f"algorithm='dense' uses the engine's allreduce and cannot carry {codec!r}; "
             "use a sparse algorithm or codec None/'fp16'/'bf16'")
-    t = cur.to_dense().clone()
+    t = cur.values.clone() if cur.is_dense else cur.to_dense()  # to_dense is a new tensor
     if isinstance(codec, CastCodec):
         t = t.to(codec.dtype)
     _backend(g).allreduce(t, "sum", g, channel=True)
@@ -308,24 +320,41 @@ _IMPL: dict[str, Callable[..., SparseVector]] = {
 # -- header agreement ---------------------------------------------------------------------------
 
 
+def _finite(v: torch.Tensor) -> bool:
+    """All values finite? One summation pass (NaN/inf propagate); exact check only if the
+    sum is not finite (which may also be an overflow of finite values)."""
+    acc = torch.float64 if v.dtype == torch.float64 else torch.float32
+    if math.isfinite(float(v.sum(dtype=acc))):
+        return True
+    return bool(torch.isfinite(v).all())
+
+
 def _local_flags(vec: SparseVector) -> int:
+    """Validity bits of this rank's input (see ``_FLAG_TEXT``). The index checks run once per
+    vector (remembered on it); the NaN/inf check on every call."""
     flags = 0
     v = vec.values
-    if not v.is_floating_point() or v.dtype not in _DTYPE_CODE:
+    if not v.is_floating_point() or v.dtype not in _DTYPE_CODE or v.dim() != 1:
         return 8
     idx = vec.indices
     if idx is None:
         if v.numel() != vec.size:
-            flags |= 8
-    else:
-        if idx.numel() != v.numel() or idx.dim() != 1:
             return 8
-        if idx.numel():
-            if int(idx.min()) < 0 or int(idx.max()) >= vec.size:
-                flags |= 1
+    else:
+        if idx.dim() != 1 or idx.numel() != v.numel():
+            return 8
+        if idx.numel() and not getattr(vec, "_checked", False):
             if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
                 flags |= 2
-    if v.numel() and not bool(torch.isfinite(v).all()):
+                lo, hi = int(idx.min()), int(idx.max())
+            else:  # sorted: the ends are the extremes
+                lo, hi = int(idx[0]), int(idx[-1])
+            if lo < 0 or hi >= vec.size:
+                flags |= 1
+            if not flags:
+                with contextlib.suppress(AttributeError):
+                    vec._checked = True
+    if v.numel() and not _finite(v):
         flags |= 4
     return flags
 
@@ -346,22 +375,74 @@ def _range_counts(vec: SparseVector, p: int) -> list[int]:
     return [hi - lo for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
-def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
-           codec: ValueCodec, same_size: bool = True) -> list[list[int]]:
-    """Allgather a header and raise the same error on every rank if anything is wrong.
+def _gather_fixed(g: Group, buf: torch.Tensor) -> list[torch.Tensor]:
+    """Allgather of equal-size uint8 buffers; two ranks swap them point to point (one message
+    each way, cheaper than the engine's allgather on gloo)."""
+    b = _backend(g)
+    if g.size != 2:
+        return b.allgather(buf, g, channel=True)
+    other = torch.empty_like(buf)
+    peer = 1 - g.rank
+    works = [b.irecv(other, peer, g, tag=3, channel=True),
+             b.isend(buf, peer, g, tag=3, channel=True)]
+    for w in works:
+        w.wait()
+    return [buf, other] if g.rank == 0 else [other, buf]
 
-    Columns: size, dtype, nnz, dense, flags, codec, algorithm, op, then the nnz in each of
-    the group's p split ranges (so split algorithms know every message size in advance).
+
+def _eager_cap(g: Group) -> int:
+    """Payload bytes per rank the next header carries (same on every rank: agreed history)."""
+    hist = g.world.cache.get(("eager", g.ranks))
+    if hist is None:
+        return _EAGER_DEFAULT
+    limit = min(_EAGER_MAX, _EAGER_TOTAL // g.size)
+    fits = [x for x in hist if 0 < x <= limit]
+    return -(-max(fits) // 256) * 256 if fits else 0
+
+
+def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
+           codec: ValueCodec, same_size: bool = True,
+           payload: Callable[[], tuple[torch.Tensor, Any]] | None = None,
+           payload_bytes: Callable[[], int] | None = None,
+           ) -> tuple[list[list[int]], list[torch.Tensor] | None, Any]:
+    """One fixed-size allgather: a header per rank (and its whole message when small), then
+    the same error on every rank if anything is wrong.
+
+    Header columns: size, dtype, nnz, dense, flags, codec, algorithm, op, message bytes
+    needed, message included (0/1), then the nnz in each of the group's p split ranges (so
+    split algorithms know every message size in advance). ``payload()`` makes this rank's
+    message (and what the receivers will decode), ``payload_bytes()`` its exact size; it is
+    only made when it fits the agreed capacity. Returns (rows, every rank's message or None
+    unless all fitted, this rank's decoded payload or None).
     """
     if not isinstance(vec, SparseVector):
         raise InputError(f"{what} expects a SparseVector, found {type(vec).__name__}")
     flags = _local_flags(vec)
-    counts = _range_counts(vec, g.size) if not flags else [0] * g.size
-    head = torch.tensor([vec.size, _DTYPE_CODE.get(vec.values.dtype, 0), vec.nnz,
-                         int(vec.is_dense), flags, codec_id(codec),
-                         _ALGO_CODE[algorithm], _OP_CODE.get(op, 0), *counts],
-                        dtype=torch.int64)
-    rows = [row.tolist() for row in _backend(g).allgather(head, g, channel=True)]
+    p = g.size
+    counts = _range_counts(vec, p) if not flags else [0] * p
+    cap = _eager_cap(g)
+    need = payload_bytes() if payload is not None and payload_bytes is not None and not flags \
+        else 0
+    msg = mine = None
+    if payload is not None and not flags and need <= cap and vec.device.type == "cpu":
+        msg, mine = payload()
+        need = int(msg.numel())
+    included = int(msg is not None and need <= cap)
+    hb = 8 * (_FIXED + p)
+    buf = torch.empty(hb + cap, dtype=torch.uint8)
+    buf[:hb].view(torch.int64).copy_(torch.tensor(
+        [vec.size, _DTYPE_CODE.get(vec.values.dtype, 0), vec.nnz if not flags & 8 else 0,
+         int(vec.is_dense), flags, codec_id(codec), _ALGO_CODE[algorithm],
+         _OP_CODE.get(op, 0), need, included, *counts], dtype=torch.int64))
+    if included and need:
+        buf[hb:hb + need].copy_(msg)
+    gathered = _gather_fixed(g, buf)
+    rows = torch.stack([x[:hb] for x in gathered]).view(torch.int64).tolist()
+    # the capacity history: every rank records the same numbers (before any error is raised)
+    agreed_algo = len({row[6] for row in rows}) == 1 and rows[0][6] in _EAGER_CODES
+    hist = g.world.cache.get(("eager", g.ranks), [])
+    top = max(row[8] for row in rows) if agreed_algo else _EAGER_MAX + 1
+    g.world.cache[("eager", g.ranks)] = ([*hist, top])[-_EAGER_WINDOW:]
 
     def table(col: int) -> str:
         return ", ".join(f"rank {g.ranks[i]}: {row[col]}" for i, row in enumerate(rows))
@@ -384,7 +465,10 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
         if len({row[col] for row in rows}) > 1:
             raise ConfigurationError(f"{what}: ranks disagree on the {name} argument "
                                      f"(codes {table(col)}); pass the same value on every rank")
-    return rows
+    parts = None
+    if all(row[9] for row in rows):
+        parts = [x[hb:hb + row[8]] for x, row in zip(gathered, rows, strict=True)]
+    return rows, parts, mine
 
 
 def _next_seed(g: Group) -> int:
@@ -456,25 +540,42 @@ def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | 
     g._check("sparse_allreduce")
 
     def run() -> SparseVector:
-        rows = _agree(g, vec, "sparse_allreduce", algorithm, op, c)
         seed = _next_seed(g)
-        acc = _acc_dtype(vec.dtype)
-        cur = vec.to(acc) if vec.dtype != acc else vec
+        acc = _acc_dtype(vec.dtype) if isinstance(vec, SparseVector) else torch.float32
+        box: list[SparseVector] = []
+
+        def converted() -> SparseVector:  # the input in the accumulation dtype (valid input)
+            if not box:
+                box.append(vec.to(acc) if vec.dtype != acc else vec)
+            return box[0]
+
+        eager = g.size > 1 and algorithm in _EAGER_ALGOS
+        rows, parts, mine = _agree(
+            g, vec, "sparse_allreduce", algorithm, op, c,
+            payload=(lambda: _encode(converted(), c, _seed(seed, 0, g.rank))) if eager
+            else None,
+            payload_bytes=lambda: _msg_bytes(vec.nnz, vec.size, vec.is_dense, c, acc))
+        cur = converted()
         if g.size == 1:
             result = cur.compact()
             alg = "none"
+        elif parts is not None:  # every rank's message came with the header: sum locally
+            alg = "allgather"
+            result = merge([mine if j == g.rank else _decode(parts[j], cur.size, c, acc)
+                            for j in range(g.size)])
         else:
             nnz = [row[2] for row in rows]
             alg = algorithm if algorithm != "auto" else choose_algorithm(g, nnz, vec.size,
                                                                          vec.dtype, c)
             result = _IMPL[alg](g, cur, c, seed, rows)
         g.world.cache[("last_algorithm", g.ranks)] = alg
+        g.world.cache[("last_eager", g.ranks)] = parts is not None
         if op == "avg":
             result = result.scale(1.0 / g.size)
         if result.dtype != vec.dtype:
             result = result.to(vec.dtype)
-        if result is vec and vec.is_dense:
-            result = SparseVector(None, vec.values.clone(), vec.size, check=False)
+        if result.values is vec.values:  # never hand back the caller's own tensors
+            result = SparseVector(result.indices, vec.values.clone(), vec.size, check=False)
         return result
 
     return _launch(g, run, f"sparse_allreduce({algorithm})", async_op)
@@ -498,12 +599,17 @@ def sparse_allgather(vec: SparseVector, group: Group | None = None, async_op: bo
     g._check("sparse_allgather")
 
     def run() -> list[SparseVector]:
-        rows = _agree(g, vec, "sparse_allgather", "auto", "sum", c, same_size=False)
         seed = _next_seed(g)
-        msg, decoded = _encode(vec, c, _seed(seed, g.rank))
-        counts = [_msg_bytes(row[2], row[0], bool(row[3]), c, vec.dtype) for row in rows]
-        parts = _backend(g).allgatherv(msg, g, channel=True, counts=counts)
-        return [decoded if j == g.rank else _decode(parts[j], rows[j][0], c, vec.dtype)
+        eager = g.size > 1
+        rows, parts, mine = _agree(
+            g, vec, "sparse_allgather", "auto", "sum", c, same_size=False,
+            payload=(lambda: _encode(vec, c, _seed(seed, g.rank))) if eager else None,
+            payload_bytes=lambda: _msg_bytes(vec.nnz, vec.size, vec.is_dense, c, vec.dtype))
+        if parts is None:
+            msg, mine = _encode(vec, c, _seed(seed, g.rank))
+            counts = [_msg_bytes(row[2], row[0], bool(row[3]), c, vec.dtype) for row in rows]
+            parts = _backend(g).allgatherv(msg, g, channel=True, counts=counts)
+        return [mine if j == g.rank else _decode(parts[j], rows[j][0], c, vec.dtype)
                 for j in range(g.size)]
 
     return _launch(g, run, "sparse_allgather", async_op)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
 
 ALGORITHMS = ("recursive_doubling", "split_allgather", "dsar", "dense", "allgather")
-AUTO_CANDIDATES = ("recursive_doubling", "split_allgather", "dsar", "dense")
+AUTO_CANDIDATES = ("recursive_doubling", "split_allgather", "dsar", "dense", "allgather")
 HEADER_BYTES = 16
 DENSE_MARGIN = 0.8
 

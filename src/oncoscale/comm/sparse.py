@@ -46,14 +46,16 @@ class SparseVector:
         for a dense payload.
     values : float tensor of shape (nnz,) (or (size,) when dense), any floating dtype.
     size : total length of the vector.
-    check : validate indices and values (default True). Collectives validate again, on
-        every rank, through a header exchange.
+    check : validate indices and values (default True). Collectives check the values
+        (NaN/inf) on every call and the indices once per vector (here, or on the first
+        collective call for ``check=False``), and agree on the outcome on every rank. Do
+        not modify ``indices`` in place after that.
 
     Attributes: ``indices`` (int64 tensor or ``None``), ``values``, ``size``, ``is_dense``,
     ``nnz`` (stored entries), ``dtype``, ``device``.
     """
 
-    __slots__ = ("indices", "values", "size")
+    __slots__ = ("indices", "values", "size", "_checked")
 
     def __init__(self, indices: Any, values: Any, size: int, *, check: bool = True) -> None:
         size = int(size)
@@ -73,6 +75,7 @@ class SparseVector:
         self.indices: torch.Tensor | None = idx
         self.values: torch.Tensor = vals
         self.size: int = size
+        self._checked: bool = bool(check)  # indices validated (sorted, unique, in range)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -140,7 +143,9 @@ class SparseVector:
         """Move / cast values (indices follow the device)."""
         vals = self.values.to(*args, **kwargs)
         idx = None if self.indices is None else self.indices.to(vals.device)
-        return SparseVector(idx, vals, self.size, check=False)
+        out = SparseVector(idx, vals, self.size, check=False)
+        out._checked = self._checked
+        return out
 
     @classmethod
     def from_dense(cls, tensor: torch.Tensor, *, keep_dense: bool = False) -> SparseVector:
@@ -257,11 +262,15 @@ def merge(vectors: Sequence[SparseVector], *, value_bytes: float | None = None) 
     if len(nonempty) == 1:
         v = nonempty[0]
         return SparseVector(v.indices, v.values.to(dtype), size, check=False)
-    idx = torch.cat([v.indices for v in nonempty])
+    # each stream is sorted: a stable (radix) sort of the narrow indices joins the runs, equal
+    # indices stay in stream order, so the sum is the same on every rank
+    idx = torch.cat([v.indices for v in nonempty]).to(index_dtype_for(size))
     vals = torch.cat([v.values.to(dtype) for v in nonempty])
-    uniq, inverse = torch.unique(idx, sorted=True, return_inverse=True)
-    summed = torch.zeros(uniq.numel(), dtype=dtype, device=device).index_add_(0, inverse, vals)
-    return SparseVector(uniq, summed, size, check=False).compact(vb)
+    ordered, perm = torch.sort(idx, stable=True)
+    uniq, inverse = torch.unique_consecutive(ordered, return_inverse=True)
+    summed = torch.zeros(uniq.numel(), dtype=dtype, device=device).index_add_(0, inverse,
+                                                                               vals[perm])
+    return SparseVector(uniq.to(torch.int64), summed, size, check=False).compact(vb)
 
 
 def _expected_union(vectors: Sequence[SparseVector]) -> float:
