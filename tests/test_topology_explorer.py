@@ -30,8 +30,16 @@ def server(tmp_path_factory):
     path = build(X, f, out=tmp_path_factory.mktemp("ex") / "cube.duckdb", k=10, bins=32,
                  dims=["alpha", "beta", "gamma"], f_name="score", progress=False, n_jobs=1)
     handle = explorer.start(path, host="127.0.0.1", port=0)
+    _HANDLES[handle.url] = handle
     yield handle.url, path
     handle.stop()
+
+
+_HANDLES: dict = {}
+
+
+def server_cache(url: str):
+    return _HANDLES[url].server.config.app.state.cache
 
 
 def get(url: str) -> tuple[int, bytes, object]:
@@ -54,6 +62,27 @@ def test_api_answers_and_validates_every_parameter(server):
         assert h["counts"] == cube.hist1d(1, 0.1).tolist()
         assert h["brushed"] == cube.hist1d(1, 0.1, brush=(0, -1, 1)).tolist()
     assert get(url + "api/spine?p=0.2")[0] == 200
+    # capped views: the most persistent extrema, links among them, totals of the level
+    with Cube(path) as cube:
+        full = cube.spine(0.0)
+        segs = cube.segments(0.0)
+    sp = json.loads(get(url + "api/spine?p=0&nodes=3&links=2")[1])
+    n_max = int((full["nodes"]["kind"] == "max").sum())
+    assert sp["total"]["nodes"]["max"] == n_max > 3
+    kinds = np.array(sp["nodes"]["kind"])
+    assert (kinds == "max").sum() == 3 and (kinds == "min").sum() == 3
+    top = full["nodes"][full["nodes"]["kind"] == "max"].nlargest(3, "persistence")
+    assert set(top["extremum"]) == set(np.array(sp["nodes"]["extremum"])[kinds == "max"])
+    kept = set(sp["nodes"]["extremum"])
+    assert set(sp["links"]["a"]) | set(sp["links"]["b"]) <= kept
+    sg = json.loads(get(url + "api/segments?p=0&limit=4")[1])
+    assert sg["total"] == len(segs) > 4
+    assert sg["segments"]["count"] == sorted(segs["count"], reverse=True)[:4]
+    # answers are cached: the same query (numbers written differently) is a hit
+    cache = server_cache(url)
+    hits = cache.hits
+    a = get(url + "api/hist?axis=1&p=0.1&seg=0")[1]
+    assert get(url + "api/hist?p=0.10&seg=0&axis=1")[1] == a and cache.hits == hits + 1
     assert get(url + "api/pcoords?bins=16&p=0.2&seg=0")[0] == 200
     assert get(url + "api/hist2d?a=0&b=score&bins=16")[0] == 200
     bad = [
@@ -64,7 +93,7 @@ def test_api_answers_and_validates_every_parameter(server):
         "api/hist?axis=0&baxis=9&blo=0&bhi=1", "api/hist?axis=0&extra=1",
         "api/hist?axis=0&axis=1", "api/hist2d?a=0&b=0", "api/hist2d?a=0&b=1&bins=7",
         "api/hist2d?a=0&b=1&bins=4096", "api/pcoords?bins=3", "api/pcoords?bins=1",
-        "api/spine?p=-0.1",
+        "api/spine?p=-0.1", "api/spine?nodes=0", "api/spine?links=x", "api/segments?limit=0",
         "api/segments?p=" + "1" * 100, "api/meta?x=1",
     ]
     for q in bad:

@@ -986,9 +986,68 @@ class Cube:
         return {(a, b): (found[(a, b)] if a < b else found[(b, a)].T) for a, b in pairs}
 
     # --- spine -----------------------------------------------------------------------------
-    def spine(self, persistence: float = 0.0) -> dict[str, pd.DataFrame]:
-        """Topological spine at ``persistence`` (see `_spine`); cached per level."""
-        return {key: df.copy() for key, df in self._spine_cached(self._p(persistence)).items()}
+    def spine(self, persistence: float = 0.0, max_nodes: int | None = None,
+              max_links: int | None = None) -> dict[str, pd.DataFrame]:
+        """Topological spine at ``persistence`` (see `_spine`); cached per level.
+
+        ``max_nodes`` / ``max_links`` (per kind; None = all) give a drawable view of a level
+        with thousands of extrema: the ``max_nodes`` most persistent extrema of each kind,
+        and of the links among them first the spanning forest of the best saddles (the merge
+        tree's links: every kept extremum stays connected to its component), then the other
+        links best first, up to ``max_links``. The totals before capping are in
+        ``nodes.attrs["total"]`` / ``links.attrs["total"]`` (per kind).
+        """
+        p = self._p(persistence)
+        if max_nodes is None and max_links is None:
+            return {key: df.copy() for key, df in self._spine_cached(p).items()}
+        for name, v in (("max_nodes", max_nodes), ("max_links", max_links)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | np.integer)
+                                  or v < 1):
+                raise InputError(f"{name} must be a positive integer or None, found {v!r}")
+        return {key: df.copy() for key, df in self._spine_view(p, max_nodes, max_links).items()}
+
+    def _spine_view(self, p: float, max_nodes: int | None, max_links: int | None):
+        key = ("spine", p, max_nodes, max_links)
+        hit = self._hist_cache.get(key)
+        if hit is not None:
+            return hit
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import minimum_spanning_tree
+
+        full = self._spine_cached(p)
+        nodes_out, links_out = [], []
+        totals_n, totals_l = {}, {}
+        for kind in ("max", "min"):
+            nd = full["nodes"][full["nodes"]["kind"] == kind]
+            ln = full["links"][full["links"]["kind"] == kind]
+            totals_n[kind], totals_l[kind] = len(nd), len(ln)
+            if max_nodes is not None and len(nd) > max_nodes:
+                pers = nd["persistence"].to_numpy()
+                order = np.lexsort((nd["extremum"].to_numpy(), -pers))  # most persistent
+                nd = nd.iloc[np.sort(order[:max_nodes])]
+                keep = np.isin(ln["a"].to_numpy(), nd["extremum"].to_numpy()) & np.isin(
+                    ln["b"].to_numpy(), nd["extremum"].to_numpy())
+                ln = ln[keep]
+            if max_links is not None and len(ln) > max_links:
+                ids = nd["extremum"].to_numpy()  # sorted
+                ia = np.searchsorted(ids, ln["a"].to_numpy())
+                ib = np.searchsorted(ids, ln["b"].to_numpy())
+                w = np.arange(1, len(ln) + 1, dtype=np.float64)  # links are best first
+                tree = minimum_spanning_tree(coo_matrix((w, (ia, ib)),
+                                                        shape=(len(ids), len(ids))))
+                in_tree = np.zeros(len(ln), dtype=bool)
+                in_tree[tree.tocoo().data.astype(np.int64) - 1] = True
+                rest = np.flatnonzero(~in_tree)
+                take = np.flatnonzero(in_tree)
+                take = np.sort(np.concatenate([take, rest[: max(0, max_links - len(take))]]))
+                ln = ln.iloc[take]
+            nodes_out.append(nd)
+            links_out.append(ln)
+        out = {"nodes": pd.concat(nodes_out, ignore_index=True),
+               "links": pd.concat(links_out, ignore_index=True)}
+        out["nodes"].attrs["total"] = totals_n
+        out["links"].attrs["total"] = totals_l
+        return self._remember(self._hist_cache, key, out)
 
     def _spine(self, p: float) -> dict[str, pd.DataFrame]:
         """Topological spine at ``p``: ``nodes`` (surviving extrema with f value, region

@@ -6,8 +6,11 @@ Routes (all GET):
 ``/static/{name}``         only ``app.js``, ``style.css`` and ``plotly.min.js`` (the latter from
                            the installed ``plotly`` package); any other name is 404
 ``/api/meta``              axes, sizes, persistence levels
-``/api/spine``             surviving extrema and saddle links at ``p``
-``/api/segments``          Morse-Smale segments at ``p``
+``/api/spine``             surviving extrema and saddle links at ``p``: at most ``nodes`` (default
+                           1000) most persistent extrema and ``links`` (default 1000) links per
+                           kind (the spanning forest of the best saddles first), with totals
+``/api/segments``          Morse-Smale segments at ``p``: the ``limit`` (default 500) largest,
+                           largest first, and the total number
 ``/api/hist``              1-D histogram of ``axis`` for a selection, optionally brushed
 ``/api/hist2d``            joint histogram of ``a`` x ``b`` (``bins`` 2..resolution), brushable
 ``/api/pcoords``           density parallel coordinates (``bins`` 2..64)
@@ -41,8 +44,8 @@ _INT = re.compile(r"^-?\d{1,12}$")
 _SELECTION = ("p", "seg", "max", "min", "baxis", "blo", "bhi")
 _ALLOWED = {
     "/api/meta": (),
-    "/api/spine": ("p",),
-    "/api/segments": ("p",),
+    "/api/spine": ("p", "nodes", "links"),
+    "/api/segments": ("p", "limit"),
     "/api/hist": ("axis", *_SELECTION),
     "/api/hist2d": ("a", "b", "bins", *_SELECTION),
     "/api/pcoords": ("bins", *_SELECTION),
@@ -213,6 +216,11 @@ class Params:
         return tuple(out)
 
 
+def _columns(df) -> dict[str, list]:
+    """A DataFrame as {column: list} (numpy's tolist: much faster than DataFrame.to_dict)."""
+    return {c: df[c].to_numpy().tolist() for c in df.columns}
+
+
 def _levels(cube, limit: int = 2000) -> list[float]:
     lv = cube.levels()
     if lv.shape[0] > limit:  # keep the slider usable: the highest levels matter most
@@ -281,12 +289,23 @@ def create_app(cube_path: str | Path, cache_bytes: int = 64 * 2**20):
         }
 
     def spine(q: Params) -> dict:
-        sp = cube.spine(q.persistence())
-        nodes = sp["nodes"].replace([np.inf], -1.0)
-        return {"nodes": nodes.to_dict(orient="list"), "links": sp["links"].to_dict(orient="list")}
+        sp = cube.spine(q.persistence(), max_nodes=q.int("nodes", 1, 10**7, 1000),
+                        max_links=q.int("links", 1, 10**7, 1000))
+        nodes = sp["nodes"]
+        nodes["persistence"] = nodes["persistence"].replace([np.inf], -1.0)
+        return {"nodes": _columns(nodes), "links": _columns(sp["links"]),
+                "total": {"nodes": nodes.attrs["total"], "links": sp["links"].attrs["total"]}}
 
     def segments(q: Params) -> dict:
-        return {"segments": cube.segments(q.persistence()).to_dict(orient="list")}
+        segs = cube.segments(q.persistence())
+        limit = q.int("limit", 1, 10**7, 500)
+        total = len(segs)
+        if total > limit:
+            order = np.argsort(-segs["count"].to_numpy(), kind="stable")[:limit]
+            segs = segs.iloc[order]
+        else:
+            segs = segs.sort_values("count", ascending=False, kind="stable")
+        return {"segments": _columns(segs), "total": total}
 
     def hist(q: Params) -> dict:
         p = q.persistence()

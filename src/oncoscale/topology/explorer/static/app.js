@@ -12,6 +12,7 @@
     scatter: [0, 1],
     spine: null,
     segments: null,
+    segmentsTotal: 0,
     totals: {},
     generation: 0,
   };
@@ -58,10 +59,10 @@
 
   function setStatus(extra) {
     const st = $("status");
-    const nodes = state.spine ? state.spine.nodes : { kind: [] };
-    const nmax = nodes.kind.filter((k) => k === "max").length;
-    const nmin = nodes.kind.filter((k) => k === "min").length;
-    const nseg = state.segments ? state.segments.segment.length : 0;
+    // totals over the whole level (the spine and segment lists sent are capped for drawing)
+    const total = state.spine ? state.spine.total.nodes : { max: 0, min: 0 };
+    const nmax = total.max, nmin = total.min;
+    const nseg = state.segmentsTotal;
     st.dataset.maxima = nmax;
     st.dataset.minima = nmin;
     st.dataset.segments = nseg;
@@ -143,14 +144,17 @@
     const s = state.segments;
     const cur = state.selection;
     const opts = [`<option value="all">all data (${state.meta.n})</option>`];
-    // the largest segments first, at most 300 entries (plus the current selection)
-    const order = s.segment.map((_, i) => i).sort((a, b) => s.count[b] - s.count[a]).slice(0, 300);
-    if (cur && cur.seg !== undefined && !order.includes(cur.seg)) order.push(cur.seg);
+    // the largest segments first (the server sends them so), at most 300 entries, plus the
+    // current selection
+    const order = s.segment.map((_, i) => i).slice(0, 300);
     order.forEach((i) => {
       const id = s.segment[i];
       opts.push(`<option value="seg:${id}">segment ${id}: max #${s.max[i]} → min #${s.min[i]}` +
         ` (${s.count[i]})</option>`);
     });
+    if (cur && cur.seg !== undefined && !order.some((i) => s.segment[i] === cur.seg)) {
+      opts.push(`<option value="seg:${cur.seg}">segment ${cur.seg}</option>`);
+    }
     const maxNodes = state.spine.nodes;
     maxNodes.extremum.forEach((e, i) => {
       opts.push(`<option value="${maxNodes.kind[i]}:${e}">${maxNodes.kind[i] === "max" ?
@@ -165,7 +169,7 @@
   function selectionStillValid() {
     const s = state.selection;
     if (!s) return true;
-    if (s.seg !== undefined) return s.seg < state.segments.segment.length;
+    if (s.seg !== undefined) return s.seg < state.segmentsTotal;
     const kind = s.max !== undefined ? "max" : "min";
     const id = s[kind];
     return state.spine.nodes.extremum.some((e, i) => e === id && state.spine.nodes.kind[i] === kind);
@@ -296,6 +300,7 @@
       if (gen !== state.generation) return;
       state.spine = spine;
       state.segments = segs.segments;
+      state.segmentsTotal = segs.total;
       if (!selectionStillValid()) state.selection = null;
       fillSegments();
       drawSpine();
