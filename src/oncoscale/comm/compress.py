@@ -5,7 +5,9 @@ to send, and may name a wire codec (QSGD) for the values. Compose a sparsifier a
 quantiser with ``TopK(0.01) | QSGD(8)``. :class:`ErrorFeedback` keeps, per key (e.g. a
 bucket), the residual ``memory = (grad + memory) - sent`` and adds it back next step
 (Seide et al. 2014; Stich et al. 2018), which makes biased compressors such as TopK converge.
-:class:`GradientCompression` = compressor + memory + :func:`sparse_allreduce`.
+:class:`GradientCompression` = compressor + memory + :func:`sparse_allreduce`, or, with
+``algorithm="packed_allgather"``, + :class:`BucketPacking` (per-bucket TopK sent as narrow
+bucket-local offsets and fp32/fp16 values) + one allgather.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from oncoscale.comm._backend import Work
 from oncoscale.comm.collectives import sparse_allreduce
 from oncoscale.comm.quant import QSGDCodec, ValueCodec
 from oncoscale.comm.sparse import SparseVector
-from oncoscale.comm.world import Group
+from oncoscale.comm.world import Group, resolve_group
 from oncoscale.errors import ConfigurationError, InputError
 
 
@@ -37,7 +39,11 @@ def _ratio(ratio: float) -> float:
 
 
 class Compressor:
-    """Base: ``compress(x) -> SparseVector``; ``codec`` is the wire codec (or ``None``)."""
+    """Base: ``compress(x) -> SparseVector``; ``codec`` is the wire codec (or ``None``).
+
+    A compressor that only changes values (no selection) may also define
+    ``quantize(values) -> values``; :class:`Compose` then keeps the first stage's index set.
+    """
 
     codec: ValueCodec | None = None
 
@@ -157,6 +163,31 @@ class QSGD(Compressor):
         return SparseVector(None, self.quantize(v), v.numel(), check=False)
 
 
+class Round(Compressor):
+    """Round every value to ``dtype`` (``"fp16"`` / ``"bf16"``) and back: what a peer sees
+    when values travel in that dtype. Composed after a sparsifier (``TopK(0.01) | Round()``),
+    error feedback then keeps the rounding error in the residual as well."""
+
+    def __init__(self, dtype: str | torch.dtype = "fp16") -> None:
+        names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
+                 "bfloat16": torch.bfloat16}
+        dt = names.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        if dt not in (torch.float16, torch.bfloat16):
+            raise ConfigurationError(f"Round dtype must be fp16 or bf16, found {dtype!r}")
+        self.dtype: torch.dtype = dt
+
+    def __repr__(self) -> str:
+        return f"Round({'fp16' if self.dtype == torch.float16 else 'bf16'})"
+
+    def quantize(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` rounded to ``dtype``, returned in their own dtype."""
+        return values.to(self.dtype).to(values.dtype)
+
+    def compress(self, x: torch.Tensor) -> SparseVector:
+        v = _flat(x)
+        return SparseVector(None, self.quantize(v), v.numel(), check=False)
+
+
 class Compose(Compressor):
     """A sparsifier followed by a quantiser: ``TopK(0.01) | QSGD(8)``."""
 
@@ -169,9 +200,9 @@ class Compose(Compressor):
 
     def compress(self, x: torch.Tensor) -> SparseVector:
         sel = self.first.compress(x)
-        if isinstance(self.second, QSGD):
-            return SparseVector(sel.indices, self.second.quantize(sel.values), sel.size,
-                                check=False)
+        quantize = getattr(self.second, "quantize", None)
+        if quantize is not None:  # value-only stage: keep the selection as it is
+            return SparseVector(sel.indices, quantize(sel.values), sel.size, check=False)
         inner = self.second.compress(sel.values)
         keep = inner.to_dense()
         if sel.is_dense:
@@ -207,12 +238,110 @@ class ErrorFeedback:
         self.memory.clear()
 
 
+class BucketPacking:
+    """Wire format of a selection with at most ``k`` entries in every bucket of ``bucket_size``
+    consecutive entries (what ``TopK(ratio, bucket_size=b)`` selects): for each bucket, ``k``
+    bucket-local offsets in the narrowest unsigned type (1 byte when ``bucket_size <= 256``,
+    2 up to 65,536) and ``k`` values in ``value_dtype``. Buckets with fewer entries are padded
+    with (offset 0, value 0), which adds nothing. The layout depends only on ``size``, so every
+    rank's message has the same length and one plain allgather carries them.
+
+    Message (uint8): int64 ``size``, int64 ``k``, offsets (rows x k), values (rows x k).
+    Bytes per selected entry: offset (1 or 2) + value (4, or 2 for fp16/bf16), against 4 + 4
+    for an int32 index and a float32 value.
+    """
+
+    HEADER = 16
+
+    def __init__(self, bucket_size: int, k: int, value_dtype: torch.dtype = torch.float32
+                 ) -> None:
+        if not 1 <= int(k) <= int(bucket_size) <= 65536:
+            raise ConfigurationError(f"BucketPacking needs 1 <= k <= bucket_size <= 65536, "
+                                     f"found k={k}, bucket_size={bucket_size}")
+        self.bucket_size, self.k = int(bucket_size), int(k)
+        self.value_dtype = value_dtype
+        self.offset_dtype = torch.uint8 if self.bucket_size <= 256 else torch.int16
+
+    def __repr__(self) -> str:
+        return (f"BucketPacking(bucket_size={self.bucket_size}, k={self.k}, "
+                f"value_dtype={self.value_dtype})")
+
+    def _rows(self, size: int) -> int:
+        return -(-size // self.bucket_size)
+
+    def nbytes(self, size: int) -> int:
+        """Exact message length for a vector of ``size`` entries."""
+        slots = self._rows(size) * self.k
+        ob = 1 if self.offset_dtype == torch.uint8 else 2
+        vb = torch.empty((), dtype=self.value_dtype).element_size()
+        return self.HEADER + slots * (ob + vb)
+
+    def pack(self, vec: SparseVector) -> torch.Tensor:
+        """``vec`` (sparse, at most ``k`` entries per bucket) -> uint8 message."""
+        n, b, k = vec.size, self.bucket_size, self.k
+        rows, dev = self._rows(n), vec.device
+        offs = torch.zeros(rows, k, dtype=torch.int64, device=dev)
+        vals = torch.zeros(rows, k, dtype=self.value_dtype, device=dev)
+        if vec.is_dense:
+            vec = vec.sparsify()
+        if vec.nnz:
+            idx = vec.indices
+            row = idx // b
+            first = torch.searchsorted(row, row, right=False)
+            slot = torch.arange(idx.numel(), device=dev) - first
+            if int(slot.max()) >= k:
+                raise InputError(f"BucketPacking: a bucket of {b} entries holds more than "
+                                 f"k={k} selected entries")
+            offs[row, slot] = idx - row * b
+            vals[row, slot] = vec.values.to(self.value_dtype)
+        if self.offset_dtype == torch.int16:  # offsets 0..65535 stored modulo 2**16
+            offs = torch.where(offs >= 32768, offs - 65536, offs)
+        head = torch.tensor([n, k], dtype=torch.int64, device=dev).view(torch.uint8)
+        return torch.cat([head, offs.to(self.offset_dtype).reshape(-1).view(torch.uint8),
+                          vals.reshape(-1).view(torch.uint8)])
+
+    def unpack(self, msg: torch.Tensor, size: int, dtype: torch.dtype = torch.float32
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 message -> (int64 indices, values in ``dtype``), padding included."""
+        n, k = (int(x) for x in msg[: self.HEADER].clone().view(torch.int64).tolist())
+        if n != size or k != self.k:
+            raise InputError(f"packed gradient message for {n} entries with k={k}, expected "
+                             f"{size} entries with k={self.k} (do all ranks train the same "
+                             "model?)")
+        rows, b = self._rows(size), self.bucket_size
+        ob = 1 if self.offset_dtype == torch.uint8 else 2
+        cut = self.HEADER + rows * k * ob
+        offs = msg[self.HEADER:cut].clone().view(self.offset_dtype).to(torch.int64)
+        if self.offset_dtype == torch.int16:
+            offs = offs % 65536
+        idx = offs + (torch.arange(rows, device=msg.device) * b).repeat_interleave(k)
+        vals = msg[cut:].clone().view(self.value_dtype).to(dtype)
+        return idx, vals
+
+
+def _packing_for(compressor: Compressor, value_dtype: torch.dtype) -> BucketPacking:
+    top = compressor.first if isinstance(compressor, Compose) else compressor
+    if not isinstance(top, TopK) or top.bucket_size is None or top.k is not None:
+        raise ConfigurationError(
+            "algorithm='packed_allgather' needs TopK(ratio, bucket_size=b) (optionally "
+            f"followed by Round), found {compressor!r}")
+    b = int(top.bucket_size)
+    return BucketPacking(b, min(b, max(1, math.ceil(top.ratio * b))), value_dtype)
+
+
 class GradientCompression:
     """Compressor + error feedback + sparse allreduce: ``reduce(key, grad)`` -> mean gradient.
 
     ``compressor=None`` means dense (the collective still chooses its algorithm).
     ``codec`` sets the wire format of the values (``"fp16"``, ``"bf16"``, ``"qsgd8"``...)
     when the compressor does not name one.
+
+    ``algorithm="packed_allgather"`` (needs ``TopK(ratio, bucket_size=b)``): every rank's
+    selection travels as a :class:`BucketPacking` message (narrow bucket-local offsets, fp32
+    values, or fp16/bf16 with ``codec="fp16"``/``"bf16"``) in one allgather over the group,
+    then each rank sums the p selections. With a half codec the rounding is part of the
+    compressor (``| Round``), so error feedback keeps it. Bytes per rank:
+    ``(p - 1) * BucketPacking.nbytes(n)``; no fill-in, whatever the overlap of the selections.
     """
 
     def __init__(self, compressor: Compressor | None = None, *, error_feedback: bool = True,
@@ -220,6 +349,16 @@ class GradientCompression:
                  codec: str | ValueCodec | None = None) -> None:
         self.compressor = compressor or NoCompression()
         self.codec = self.compressor.codec or codec
+        self.packing: BucketPacking | None = None
+        if algorithm == "packed_allgather":
+            half = {"fp16": torch.float16, "bf16": torch.bfloat16}
+            if self.codec is not None and self.codec not in half:
+                raise ConfigurationError(f"packed_allgather carries fp32, fp16 or bf16 values, "
+                                         f"found codec {self.codec!r}")
+            value_dtype = half.get(self.codec, torch.float32)  # type: ignore[arg-type]
+            self.packing = _packing_for(self.compressor, value_dtype)
+            if self.codec is not None:
+                self.compressor = self.compressor | Round(self.codec)
         self.feedback = ErrorFeedback(self.compressor, error_feedback)
         self.algorithm = algorithm
         self.group = group
@@ -232,5 +371,28 @@ class GradientCompression:
         vec = self.feedback.compress(key, grad)
         self.sent_entries += vec.nnz
         self.dense_entries += vec.size
+        if self.packing is not None:
+            return self._packed_allgather(vec, grad.dtype, async_op)
         return sparse_allreduce(vec, self.algorithm, group=self.group, async_op=async_op,
                                 op="avg", codec=self.codec)
+
+    def _packed_allgather(self, vec: SparseVector, dtype: torch.dtype, async_op: bool
+                          ) -> SparseVector | Work:
+        packing = self.packing
+        assert packing is not None
+        msg = packing.pack(vec)
+        g = resolve_group(self.group)
+        acc = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+        def run() -> SparseVector:
+            parts = g.allgather(msg)
+            out = torch.zeros(vec.size, dtype=acc, device=vec.device)
+            for part in parts:
+                idx, vals = packing.unpack(part, vec.size, acc)
+                out.index_add_(0, idx, vals)
+            out /= g.size
+            return SparseVector(None, out.to(dtype), vec.size, check=False)
+
+        if not async_op:
+            return g.world.run_now(run, "packed allgather")
+        return g.world.submit(run, "packed allgather")

@@ -33,6 +33,23 @@ class DDPCompressionState:
         self.sync = GradientCompression(compressor, error_feedback=error_feedback,
                                         algorithm=algorithm, group=self.group, codec=codec)
 
+        self._layout: dict[int, tuple[int, ...]] = {}
+
+    def bucket_key(self, bucket: Any) -> tuple[int, tuple[int, ...]]:
+        """Error-feedback key of a DDP bucket: its index and the identity and order of its
+        parameters. DDP rebuilds its buckets once after the first step (gradient-ready
+        order), so the same index may then hold other parameters or another order; the
+        residual of the old layout is dropped (one step's residual, once) rather than added
+        to the wrong entries."""
+        index = bucket.index()
+        layout = tuple(id(p) for p in bucket.parameters())
+        old = self._layout.get(index)
+        if old != layout:
+            if old is not None:
+                self.sync.feedback.memory.pop((index, old), None)
+            self._layout[index] = layout
+        return (index, layout)
+
     @property
     def sent_entries(self) -> int:
         return self.sync.sent_entries
@@ -49,7 +66,7 @@ def _make_hook(default: DDPCompressionState) -> Any:
         st = state if isinstance(state, DDPCompressionState) else default
         buf = bucket.buffer()
         fut = torch.futures.Future()
-        work = st.sync.reduce(bucket.index(), buf.detach(), async_op=True)
+        work = st.sync.reduce(st.bucket_key(bucket), buf.detach(), async_op=True)
 
         def done(f: Any) -> None:
             try:
@@ -74,10 +91,14 @@ def ddp_comm_hook(compressor: Compressor | None = None, error_feedback: bool = T
     """Build a DDP comm hook; register it with ``model.register_comm_hook(hook.state, hook)``.
 
     ``compressor``: e.g. ``TopK(0.01)``, ``RandomK(0.01)``, ``Threshold(1e-3)``,
-    ``QSGD(8)``, ``TopK(0.01) | QSGD(8)``, or ``None`` (dense). ``error_feedback``: keep
-    residuals per bucket. ``codec``: wire format of the values (e.g. ``"fp16"``) unless
-    the compressor names one. Returns ``hook(state, bucket) -> Future[Tensor]`` with the
-    state at ``hook.state``. ``state``: reuse an existing :class:`DDPCompressionState`.
+    ``QSGD(8)``, ``TopK(0.01) | QSGD(8)``, or ``None`` (dense). ``algorithm``: one of
+    :func:`~oncoscale.comm.sparse_allreduce`'s, or ``"packed_allgather"`` with
+    ``TopK(ratio, bucket_size=b)`` (1-byte offsets for b <= 256, one allgather; see
+    :class:`~oncoscale.comm.GradientCompression`): the fewest bytes for TopK 1 %.
+    ``error_feedback``: keep residuals per bucket. ``codec``: wire format of the values
+    (e.g. ``"fp16"``) unless the compressor names one. Returns
+    ``hook(state, bucket) -> Future[Tensor]`` with the state at ``hook.state``.
+    ``state``: reuse an existing :class:`DDPCompressionState`.
     Call it on every rank (it may create the world's communication channel: collective).
     """
     if state is None:

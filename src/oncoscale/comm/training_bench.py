@@ -1,0 +1,313 @@
+"""Data-parallel training with compressed gradients vs dense: the GDC autoencoder and a CNN.
+
+Used by ``benchmarks/bench_comm_training.py``. The driver (:func:`run_benchmark`) prepares
+two data sets once (cached as ``.npz``), then launches ``torchrun`` jobs of 2 and 4 ranks
+(gloo, ``OMP_NUM_THREADS=1``). Every job trains the same model from the same initial
+weights with each variant, on the same per-rank batches:
+
+``plain_ddp``      PyTorch DDP, no hook (gloo allreduce; not counted by our backend)
+``dense_hook``     :func:`~oncoscale.comm.ddp_comm_hook` without compression (dense
+                   allreduce through our backend: the byte reference)
+``topk_ef``        ``TopK(0.01)`` per tensor-bucket + error feedback through
+                   :func:`~oncoscale.comm.sparse_allreduce` (``auto``: int32 index + fp32 value)
+``topk_ef_packed`` ``TopK(0.01, bucket_size=200)`` + error feedback, packed allgather
+                   (1-byte bucket offset + fp32 value per entry)
+``topk_ef_packed_fp16`` as above with fp16 values (the rounding goes into the residual)
+
+Models: (a) the GDC autoencoder of :mod:`oncoscale.pipeline` (tied ``Autoencoder(genes,
+1000)``, Adam) on the demo's synthetic GDC project (``pipeline.DEMO_SYNTHETIC``), metric =
+reconstruction MSE on the held-out tumour/normal pairs; (b) a small CNN on synthetic
+pathology patches (:func:`oncoscale.datasets.patches.synthetic_patches`), metric =
+validation accuracy. Bytes per rank are counted by our backend (``world.stats``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VARIANTS = ("plain_ddp", "dense_hook", "topk_ef", "topk_ef_packed", "topk_ef_packed_fp16")
+BUCKET = 200  # TopK bucket for the packed variants: 2 of every 200 entries = 1 %
+
+
+# ------------------------------------------------------------------------------ data (driver)
+def prepare_autoencoder_data(cache_dir: str | Path, *, quick: bool = False) -> Path:
+    """The demo's synthetic GDC project -> preprocessed (train, held-out pairs) as ``.npz``.
+
+    Returns the path of ``ae.npz`` (keys ``train``, ``heldout``: float32 samples x genes in
+    [0, 1]); reused when present.
+    """
+    from oncoscale._io import atomic_path
+    from oncoscale.datasets.gdc import make_synthetic_project
+    from oncoscale.pipeline import (
+        DEMO_SYNTHETIC,
+        PipelineConfig,
+        build_cohort,
+        prepare,
+        split_cohorts,
+    )
+
+    cache_dir = Path(cache_dir)
+    out = cache_dir / ("ae-quick.npz" if quick else "ae.npz")
+    if out.exists():
+        return out
+    sizes = {"n_genes": 2000, "n_train_tumours": 300, "n_pairs": 60} if quick else {}
+    project = make_synthetic_project(cache_dir / ("gdc-quick" if quick else "gdc"), seed=0,
+                                     **{**DEMO_SYNTHETIC, **sizes})
+    cohort = build_cohort(project.sample_sheet, project.data_dir,
+                          cache_dir / ("cohort-quick.h5ad" if quick else "cohort.h5ad"),
+                          progress=False)
+    train, pairs = split_cohorts(cohort)
+    train_pp, pairs_pp = prepare(train, pairs, PipelineConfig())
+
+    def dense(x: Any) -> np.ndarray:
+        x = x.toarray() if hasattr(x, "toarray") else x
+        return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, train=dense(train_pp.X), heldout=dense(pairs_pp.X))
+    return out
+
+
+def prepare_patch_data(cache_dir: str | Path, *, n: int = 2400, size: int = 32,
+                       seed: int = 0) -> Path:
+    """Synthetic pathology patches, split 75/25 stratified, normalised -> ``.npz``.
+
+    Keys ``x_train``, ``y_train``, ``x_val``, ``y_val`` (float32 N x 3 x size x size, int64).
+    """
+    from oncoscale._io import atomic_path
+    from oncoscale.datasets.patches import synthetic_patches
+    from oncoscale.nas.data import PatchSet, channel_stats, split_patches, to_tensor
+
+    out = Path(cache_dir) / f"patches-{n}-{size}-{seed}.npz"
+    if out.exists():
+        return out
+    x, y, _ = synthetic_patches(n, size=max(size, 32), seed=seed)
+    sp = split_patches(PatchSet(x, y, ["negative", "positive"]), val=0.25, test=0.0, seed=seed)
+    mean, std = channel_stats(sp.train.x)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, x_train=to_tensor(sp.train.x, mean, std).numpy(), y_train=sp.train.y,
+                 x_val=to_tensor(sp.val.x, mean, std).numpy(), y_val=sp.val.y)
+    return out
+
+
+# ------------------------------------------------------------------------------ models
+def small_cnn(n_classes: int = 2) -> Any:
+    """A small CNN for 3 x 32 x 32 patches: three strided 3x3 convolutions (16, 32, 64
+    channels, ReLU), global average pooling, a linear classifier (about 24 k parameters)."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n_classes))
+
+
+def _hook_for(variant: str) -> Any:
+    import oncoscale.comm as C
+    from oncoscale.comm.compress import TopK
+
+    if variant == "plain_ddp":
+        return None
+    if variant == "dense_hook":
+        return C.ddp_comm_hook(compressor=None, algorithm="dense")
+    if variant == "topk_ef":
+        return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True, algorithm="auto")
+    if variant == "topk_ef_packed":
+        return C.ddp_comm_hook(compressor=TopK(0.01, bucket_size=BUCKET), error_feedback=True,
+                               algorithm="packed_allgather")
+    if variant == "topk_ef_packed_fp16":
+        return C.ddp_comm_hook(compressor=TopK(0.01, bucket_size=BUCKET), error_feedback=True,
+                               algorithm="packed_allgather", codec="fp16")
+    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+
+
+class _Task:
+    """Model factory, optimizer, per-rank batches and the held-out metric of one benchmark."""
+
+    def __init__(self, kind: str, data: str, global_batch: int, world: Any,
+                 opt: str | None = None, lr: float | None = None, momentum: float = 0.9
+                 ) -> None:
+        import torch
+
+        self.opt = opt or ("adam" if kind == "ae" else "sgd")
+        self.lr = lr or (1e-3 if self.opt == "adam" else 0.05)
+        self.momentum = momentum
+
+        self.kind, self.p, self.rank = kind, world.size, world.rank
+        d = np.load(data)
+        if kind == "ae":
+            self.x = torch.from_numpy(d["train"])
+            self.y = None
+            self.x_val, self.y_val = torch.from_numpy(d["heldout"]), None
+        else:
+            self.x, self.y = torch.from_numpy(d["x_train"]), torch.from_numpy(d["y_train"])
+            self.x_val, self.y_val = torch.from_numpy(d["x_val"]), torch.from_numpy(d["y_val"])
+        self.global_batch = global_batch
+        self.per_rank = max(1, global_batch // self.p)
+
+    def model(self) -> Any:
+        import torch
+
+        from oncoscale.models.autoencoder import Autoencoder
+
+        torch.manual_seed(0)
+        if self.kind == "ae":
+            return Autoencoder(self.x.shape[1], 1000)  # as pipeline.train_autoencoder
+        return small_cnn(2)
+
+    def optimizer(self, params: Any) -> Any:
+        import torch
+
+        if self.opt == "adam":  # the pipeline's optimizer (PipelineConfig.lr = 1e-3)
+            return torch.optim.Adam(params, lr=self.lr)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+
+    def batch(self, step: int) -> tuple[Any, Any]:
+        """This rank's share of global batch ``step`` (same on every variant)."""
+        import torch
+
+        n = self.x.shape[0]
+        per_epoch = n // (self.per_rank * self.p)
+        epoch, j = divmod(step, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(1000 + epoch))
+        lo = (j * self.p + self.rank) * self.per_rank
+        b = perm[lo:lo + self.per_rank]
+        return self.x[b], (None if self.y is None else self.y[b])
+
+    def loss(self, model: Any, x: Any, y: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.mse_loss(model(x), x) if self.kind == "ae" else F.cross_entropy(model(x), y)
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        import torch
+        import torch.nn.functional as F
+
+        model.eval()
+        with torch.no_grad():
+            out = torch.cat([model(xb) for xb in self.x_val.split(256)])
+        model.train()
+        if self.kind == "ae":
+            return {"heldout_mse": float(F.mse_loss(out, self.x_val))}
+        return {"val_accuracy": float((out.argmax(1) == self.y_val).float().mean()),
+                "val_loss": float(F.cross_entropy(out, self.y_val))}
+
+
+def _train_variant(task: _Task, world: Any, variant: str, steps: int, eval_every: int = 0
+                   ) -> dict[str, Any]:
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    net = task.model()
+    ddp = DistributedDataParallel(net)
+    hook = _hook_for(variant)
+    if hook is not None:
+        ddp.register_comm_hook(hook.state, hook)
+    opt = task.optimizer(ddp.parameters())
+    curve: list[tuple[int, float]] = []
+    world.barrier()
+    world.stats.reset()
+    t0 = time.perf_counter()
+    paused = 0.0
+    for step in range(steps):
+        x, y = task.batch(step)
+        opt.zero_grad(set_to_none=True)
+        task.loss(ddp, x, y).backward()
+        opt.step()
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
+            t1 = time.perf_counter()  # learning curve: not part of the step time
+            curve.append((step + 1, next(iter(task.evaluate(net).values()))))
+            paused += time.perf_counter() - t1
+    world.barrier()
+    secs = time.perf_counter() - t0 - paused
+    sent = world.stats.reset().bytes_sent
+    flat = torch.cat([q.detach().reshape(-1) for q in net.parameters()])
+    sums = world.allgather(torch.stack([flat.sum(), flat.abs().sum()]).double())
+    agree = all(bool(torch.allclose(s, sums[0], rtol=1e-9, atol=0)) for s in sums)
+    world.stats.reset()
+    out: dict[str, Any] = {"ms_per_step": secs / steps * 1e3,
+                           "bytes_per_rank": sent if hook is not None else None,
+                           "replicas_agree": agree}
+    if hook is not None:
+        st = hook.state
+        out["sent_fraction"] = st.sent_entries / max(1, st.dense_entries)
+    out.update(task.evaluate(net))
+    if eval_every:
+        out["curve"] = [*curve, (steps, next(iter(task.evaluate(net).values())))]
+    return out
+
+
+def _worker(argv: list[str]) -> None:
+    import torch
+
+    import oncoscale.comm as C
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=("ae", "cnn"), required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--global-batch", type=int, default=64)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--opt", choices=("adam", "sgd"), default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    world = C.init("torch", timeout=600)
+    task = _Task(args.model, args.data, args.global_batch, world, args.opt, args.lr,
+                 args.momentum)
+    params = sum(q.numel() for q in task.model().parameters())
+    result: dict[str, Any] = {"model": args.model, "p": world.size, "params": params,
+                              "steps": args.steps, "global_batch": args.global_batch,
+                              "per_rank_batch": task.per_rank, "optimizer": task.opt,
+                              "lr": task.lr, "variants": {}}
+    for v in args.variants:
+        result["variants"][v] = _train_variant(task, world, v, args.steps,
+                                                    args.eval_every)
+        if world.rank == 0:
+            print(f"RESULT {args.model} p={world.size} {v} "
+                  f"{json.dumps(result['variants'][v])}", flush=True)
+    if world.rank == 0:
+        from oncoscale._io import atomic_write_text
+        atomic_write_text(args.out, json.dumps(result))
+    world.shutdown()
+    # gloo may abort in C++ static destructors after a clean shutdown: leave directly
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def launch(nproc: int, worker_args: list[str], *, timeout: float = 1800) -> dict[str, Any]:
+    """Run :func:`_worker` on ``nproc`` local ranks with torchrun (gloo, 1 thread per rank)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [str(torchrun) if torchrun.exists() else sys.executable,
+               *([] if torchrun.exists() else ["-m", "torch.distributed.run"]),
+               "--standalone", "--nproc-per-node", str(nproc),
+               "-m", "oncoscale.comm.training_bench", "--worker", *worker_args,
+               "--out", str(out)]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"training job failed (exit {proc.returncode}): "
+                               f"{' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-4000:]}")
+        return json.loads(out.read_text())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        _worker(sys.argv[2:])

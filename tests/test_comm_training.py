@@ -1,0 +1,269 @@
+"""Compressed data-parallel training: error-feedback memory, bucket packing, the DDP hook.
+
+Unit/property tests run in this process. The multi-rank test launches ONE real 2-rank
+torchrun job (gloo, OMP_NUM_THREADS=1): this file run as a script executes every check on
+both ranks, collects failures instead of stopping, and prints one ``RESULT <rank> <json>``
+line per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oncoscale.comm.compress import (
+    BucketPacking,
+    ErrorFeedback,
+    GradientCompression,
+    Round,
+    TopK,
+)
+from oncoscale.comm.sparse import SparseVector
+from oncoscale.errors import ConfigurationError, InputError
+
+HERE = Path(__file__).resolve()
+VENV_BIN = Path(sys.executable).parent
+
+
+# ----------------------------------------------------------------------------- properties
+@st.composite
+def _ef_case(draw: st.DrawFn) -> tuple[int, int, list[torch.Tensor], str]:
+    n = draw(st.integers(1, 700))
+    steps = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**31 - 1))
+    kind = draw(st.sampled_from(["tensor", "bucket", "bucket_fp16"]))
+    gen = torch.Generator().manual_seed(seed)
+    scale = draw(st.sampled_from([1e-4, 1.0, 1e3]))
+    grads = [torch.randn(n, generator=gen) * scale for _ in range(steps)]
+    if draw(st.booleans()):  # some exact zeros and ties
+        for g in grads:
+            g[torch.rand(n, generator=gen) < 0.3] = 0.0
+    bucket = draw(st.integers(1, 300))
+    return n, bucket, grads, kind
+
+
+@settings(max_examples=60, deadline=None)
+@given(_ef_case(), st.floats(0.001, 1.0))
+def test_error_feedback_residual_memory(case: tuple, ratio: float) -> None:
+    """memory_new = grad + memory_old - sent at every step, so sum(sent) + memory = sum(grad);
+    the selection is the top-k of the corrected gradient (per tensor or per bucket)."""
+    n, bucket, grads, kind = case
+    top = TopK(ratio) if kind == "tensor" else TopK(ratio, bucket_size=bucket)
+    comp = top | Round("fp16") if kind == "bucket_fp16" else top
+    ef = ErrorFeedback(comp)
+    total_sent = torch.zeros(n, dtype=torch.float64)
+    memory = torch.zeros(n)
+    for g in grads:
+        corrected = g + memory
+        sent = ef.compress("k", g)
+        dense = sent.to_dense()
+        new = ef.memory["k"]
+        # conservation at every step (float32 arithmetic: one rounding per entry)
+        assert torch.allclose(dense + new, corrected, rtol=1e-6, atol=1e-30)
+        # what is kept and how many
+        if kind == "tensor":
+            k = min(n, max(1, round(ratio * n)))
+            assert sent.nnz == k
+            unsent = torch.ones(n, dtype=torch.bool)
+            unsent[sent.indices] = False
+            if unsent.any():
+                assert float(corrected[sent.indices].abs().min()) >= \
+                    float(corrected[unsent].abs().max())
+        else:
+            kb = min(bucket, max(1, math.ceil(ratio * bucket)))
+            per_bucket = torch.bincount(sent.indices // bucket, minlength=-(-n // bucket))
+            assert int(per_bucket.max()) <= kb
+            assert sent.nnz == sum(min(kb, n - s) for s in range(0, n, bucket))
+        # residual at sent positions: zero, or the fp16 rounding error only
+        at = new[sent.indices]
+        if kind == "bucket_fp16":
+            ref = corrected[sent.indices]
+            half = ref.to(torch.float16).to(torch.float32)
+            assert torch.equal(dense[sent.indices], half)
+            finite = half.isfinite()
+            assert torch.allclose(at[finite], (ref - half)[finite], atol=0)
+        else:
+            assert torch.count_nonzero(at) == 0
+        total_sent += dense.double()
+        memory = new.clone()
+    total = torch.stack(grads).double().sum(0)
+    assert torch.allclose(total_sent + memory.double(), total, rtol=1e-5,
+                          atol=1e-6 * max(1.0, float(total.abs().max())))
+
+
+def test_error_feedback_off_and_mismatch() -> None:
+    ef = ErrorFeedback(TopK(0.5), enabled=False)
+    ef.compress(0, torch.arange(4.0))
+    assert ef.memory == {}
+    ef = ErrorFeedback(TopK(0.5))
+    ef.compress(0, torch.arange(4.0))
+    with pytest.raises(InputError, match="4 entries"):
+        ef.compress(0, torch.arange(5.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3000), st.integers(1, 400), st.floats(0.001, 1.0),
+       st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), st.integers(0, 10**6))
+def test_bucket_packing_round_trip(n: int, bucket: int, ratio: float, dtype: torch.dtype,
+                                   seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=gen)
+    sel = TopK(ratio, bucket_size=bucket).compress(x)
+    kb = min(bucket, max(1, math.ceil(ratio * bucket)))
+    pk = BucketPacking(bucket, kb, dtype)
+    msg = pk.pack(sel)
+    assert msg.dtype == torch.uint8 and msg.numel() == pk.nbytes(n)
+    idx, vals = pk.unpack(msg, n)
+    out = torch.zeros(n).index_add_(0, idx, vals)
+    assert torch.equal(out, sel.to_dense().to(dtype).float())
+    # 1 byte per offset while buckets fit in a byte, values in their wire width
+    vb = torch.empty((), dtype=dtype).element_size()
+    slots = -(-n // bucket) * kb
+    assert pk.nbytes(n) == 16 + slots * ((1 if bucket <= 256 else 2) + vb)
+
+
+def test_bucket_packing_limits() -> None:
+    with pytest.raises(ConfigurationError):
+        BucketPacking(70000, 1)
+    pk = BucketPacking(1000, 2)  # 2-byte offsets past 256, including offsets >= 32768 mod
+    vec = SparseVector(torch.tensor([5, 999, 1000, 1999]), torch.tensor([1.0, 2, 3, 4]), 2000)
+    idx, vals = pk.unpack(pk.pack(vec), 2000)
+    assert torch.equal(torch.zeros(2000).index_add_(0, idx, vals), vec.to_dense())
+    with pytest.raises(InputError, match="more than"):
+        pk.pack(SparseVector(torch.tensor([1, 2, 3]), torch.ones(3), 2000))
+    with pytest.raises(InputError, match="expected 3000"):
+        pk.unpack(pk.pack(vec), 3000)
+    with pytest.raises(ConfigurationError, match="bucket_size"):
+        GradientCompression(TopK(0.01), algorithm="packed_allgather")
+    with pytest.raises(ConfigurationError, match="fp32, fp16 or bf16"):
+        GradientCompression(TopK(0.01, bucket_size=100), algorithm="packed_allgather",
+                            codec="qsgd8")
+
+
+# ----------------------------------------------------------------------------- 2 ranks
+@pytest.mark.multiproc
+def test_two_ranks_hook_trains_like_plain_ddp(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(HERE.parents[1] / "src"))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(HERE),
+           "worker"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    rows = [json.loads(line.split(" ", 2)[2]) for line in out.splitlines()
+            if line.startswith("RESULT ")]
+    assert len(rows) == 2, out[-6000:]
+    failures = [f for r in rows for f in r["failures"]]
+    assert not failures, "\n".join(failures) + "\n" + out[-3000:]
+    assert proc.returncode == 0, out[-6000:]
+    losses = rows[0]["losses"]
+    # the hook with TopK 1 % + error feedback reaches plain DDP's loss within tolerance,
+    # and the dense hook reproduces plain DDP
+    assert losses["dense_hook"] == pytest.approx(losses["plain"], rel=1e-4)
+    for name in ("topk_packed", "topk_packed_fp16", "topk_sparse_allreduce"):
+        assert losses[name] <= losses["plain"] * 1.05 + 2e-3, (name, losses)
+    assert losses["no_ef"] > losses["topk_packed"], losses  # error feedback matters
+    assert rows[0]["checks"] >= 10
+
+
+def _worker() -> None:  # pragma: no cover - runs under torchrun
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    import oncoscale.comm as C
+
+    world = C.init("torch", timeout=120)
+    rank, p = world.rank, world.size
+    failures: list[str] = []
+    checks = 0
+
+    def check(ok: bool, what: str) -> None:
+        nonlocal checks
+        checks += 1
+        if not ok:
+            failures.append(f"rank {rank}: {what}")
+
+    # -- packed allgather = mean of every rank's selection, bytes as documented ---------------
+    for codec, n, b, ratio in ((None, 5000, 200, 0.01), ("fp16", 4099, 256, 0.02),
+                               (None, 70001, 1000, 0.005)):
+        gen = torch.Generator().manual_seed(10 + rank)
+        g = torch.randn(n, generator=gen)
+        gc = GradientCompression(TopK(ratio, bucket_size=b), error_feedback=True,
+                                 algorithm="packed_allgather", codec=codec)
+        world.stats.reset()
+        res = gc.reduce("x", g).to_dense()
+        sent_bytes = world.stats.reset().bytes_sent
+        kb = min(b, max(1, math.ceil(ratio * b)))
+        mine = (g - gc.feedback.memory["x"]).contiguous()  # what this rank sent
+        ref = torch.stack(world.allgather(mine)).mean(0)
+        world.stats.reset()
+        check(torch.allclose(res, ref, rtol=1e-6, atol=1e-7), f"packed mean {codec} {n}")
+        check(sent_bytes == (p - 1) * BucketPacking(b, kb, torch.float16 if codec else
+                                                    torch.float32).nbytes(n),
+              f"bytes {sent_bytes} for {codec} {n}")
+        if codec == "fp16":
+            check(torch.equal(mine, mine.half().float()), "fp16 rounding kept in residual")
+        work = gc.reduce("x", g, async_op=True)
+        check(torch.isfinite(work.wait().to_dense()).all().item(), "async packed result")
+
+    # -- training: plain DDP vs the hook -----------------------------------------------------
+    torch.manual_seed(0)
+    n_in, n_out, n_samples = 32, 4, 4096
+    teacher = torch.randn(n_in, n_out)
+    X = torch.randn(n_samples, n_in)
+    Y = torch.tanh(X @ teacher) + 0.05 * torch.randn(n_samples, n_out)
+
+    def net() -> torch.nn.Module:
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(n_in, 256), torch.nn.Tanh(),
+                                   torch.nn.Linear(256, 256), torch.nn.Tanh(),
+                                   torch.nn.Linear(256, n_out))
+
+    def train(hook: object, steps: int = 400) -> float:
+        m = net()
+        model = DistributedDataParallel(m)
+        if hook is not None:
+            model.register_comm_hook(hook.state, hook)  # type: ignore[attr-defined]
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in range(steps):
+            lo = ((step * p + rank) * 32) % n_samples
+            xb, yb = X[lo:lo + 32], Y[lo:lo + 32]
+            opt.zero_grad()
+            F.mse_loss(model(xb), yb).backward()
+            opt.step()
+        with torch.no_grad():
+            flat = torch.cat([q.reshape(-1) for q in m.parameters()])
+            same = world.allgather(flat.sum().double().reshape(1))
+            check(bool(torch.equal(same[0], same[-1])), "replicas identical after training")
+            return float(F.mse_loss(m(X), Y))
+
+    losses = {
+        "plain": train(None),
+        "dense_hook": train(C.ddp_comm_hook(None, algorithm="dense")),
+        "topk_packed": train(C.ddp_comm_hook(TopK(0.01, bucket_size=200),
+                                             algorithm="packed_allgather")),
+        "topk_packed_fp16": train(C.ddp_comm_hook(TopK(0.01, bucket_size=200),
+                                                  algorithm="packed_allgather", codec="fp16")),
+        "topk_sparse_allreduce": train(C.ddp_comm_hook(TopK(0.01), algorithm="auto")),
+        "no_ef": train(C.ddp_comm_hook(TopK(0.01, bucket_size=200), error_feedback=False,
+                                       algorithm="packed_allgather")),
+    }
+    sys.stdout.write(f"RESULT {rank} " + json.dumps({"failures": failures, "checks": checks,
+                                                     "losses": losses}) + "\n")
+    sys.stdout.flush()
+    world.shutdown()
+    os._exit(0)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
+    _worker()
