@@ -144,3 +144,56 @@ def test_bad_input_is_rejected():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         neighborhood_graph(X, k=5)
+
+
+def _region_holds(X: np.ndarray, p: int, q: int, r: int, beta: float) -> bool:
+    """Whether X[r] is strictly inside the β-region of (X[p], X[q]) (explicit geometry)."""
+    P, Q, R = X[p], X[q], X[r]
+    L = np.linalg.norm(Q - P)
+    if beta >= 1:
+        c1 = (1 - beta / 2) * P + (beta / 2) * Q
+        c2 = (beta / 2) * P + (1 - beta / 2) * Q
+        return bool(np.linalg.norm(R - c1) < beta * L / 2 > 0
+                    and np.linalg.norm(R - c2) < beta * L / 2)
+    a, b = P - R, Q - R
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return bool(na > 0 and nb > 0 and np.arccos(np.clip(a @ b / (na * nb), -1, 1))
+                > np.pi - np.arcsin(beta))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n=st.integers(20, 600), d=st.integers(2, 5),
+       k=st.integers(3, 9), beta=st.sampled_from([0.6, 1.0, 1.7]))
+def test_ngl_graph_matches_its_definition(seed, n, d, k, beta):
+    """ngl=True: candidate sets = kNN made symmetric; {p, q} kept when its region is empty of
+    the candidates of p or empty of the candidates of q (brute force over the definition)."""
+    X = np.random.default_rng(seed).normal(size=(n, d))
+    nbr = knn(X, k, method="exact").indices
+    N = [set(nbr[i].tolist()) for i in range(n)]
+    for i in range(n):
+        for j in nbr[i].tolist():
+            N[j].add(i)
+    expected = set()
+    for p in range(n):
+        for q in N[p]:
+            if p < q and any(not any(_region_holds(X, p, q, r, beta) for r in N[s] - {p, q})
+                             for s in (p, q)):
+                expected.add((p, q))
+    g = neighborhood_graph(X, k, beta=beta, relaxed=False, ngl=True, knn_method="exact",
+                           chunk_size=int(np.random.default_rng(seed).integers(7, 600)))
+    assert set(map(tuple, g.edges.tolist())) == expected
+    assert g.n_edges == len(expected)
+
+
+def test_ngl_graph_equals_nglpy():
+    nglpy = pytest.importorskip("nglpy")
+    X = np.random.default_rng(3).uniform(-6, 6, size=(2500, 4))
+    for beta in (1.0, 1.5):
+        ref = nglpy.EmptyRegionGraph(max_neighbors=16, relaxed=False, beta=beta)
+        ref.build(X)
+        want = {(min(i, j), max(i, j)) for i, nb in ref.neighbors().items() for j in nb
+                if i != j}
+        g = neighborhood_graph(X, 15, beta=beta, relaxed=False, ngl=True)
+        assert set(map(tuple, g.edges.tolist())) == want
+    with pytest.raises(ConfigurationError):
+        neighborhood_graph(X[:50], 5, relaxed=True, ngl=True)

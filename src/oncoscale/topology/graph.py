@@ -48,7 +48,8 @@ import numpy as np
 from oncoscale.errors import ConfigurationError, InputError
 from oncoscale.topology._validate import check_points, effective_k
 
-__all__ = ["Graph", "KnnResult", "knn", "neighborhood_graph", "prune_chunk", "read_edges"]
+__all__ = ["Graph", "KnnResult", "knn", "neighborhood_graph", "prune_chunk", "prune_chunk_ngl",
+           "read_edges", "symmetric_candidates"]
 
 _TOL = 1e-10  # relative tolerance of the strict "inside the region" tests
 
@@ -289,15 +290,102 @@ def prune_chunk(
     return src, dst, length
 
 
+def symmetric_candidates(nbr: np.ndarray) -> np.ndarray:
+    """NGL's candidate sets from kNN lists ``nbr`` (n, k): the neighbours of p are its own k
+    nearest *and* every sample that has p among its k nearest. Returns (n, K) int64, each row
+    sorted, padded with -1 (K = the largest set)."""
+    from scipy.sparse import csr_matrix
+
+    n, k = nbr.shape
+    src = np.repeat(np.arange(n, dtype=np.int64), k)
+    dst = nbr.reshape(-1).astype(np.int64)
+    ok = (dst >= 0) & (dst != src)
+    A = csr_matrix((np.ones(int(ok.sum()), dtype=np.int8), (src[ok], dst[ok])), shape=(n, n))
+    S = (A + A.T).tocsr()
+    S.sort_indices()
+    cnt = np.diff(S.indptr)
+    width = int(cnt.max()) if n else 0
+    out = np.full((n, max(width, 1)), -1, dtype=np.int64)
+    rows = np.repeat(np.arange(n), cnt)
+    out[rows, np.arange(S.indices.shape[0]) - S.indptr[rows]] = S.indices
+    return out
+
+
+def prune_chunk_ngl(
+    X: np.ndarray, sym: np.ndarray, rows: np.ndarray, beta: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NGL's (nglpy's) strict β-skeleton test for the queries ``rows``.
+
+    ``sym`` (n, K) are the symmetric candidate sets (`symmetric_candidates`). The edge {p, q}
+    (q a candidate of p) is kept when its β-region holds no candidate of p, *or* holds no
+    candidate of q (NGL tests every edge from both endpoints and keeps the union); it is
+    emitted by the lower index of the two (each is a candidate of the other). Returns
+    ``(src, dst, length)``.
+    """
+    width = (sym[rows] >= 0).sum(axis=1)
+    top = int(width.max()) if rows.shape[0] else 0
+    if rows.shape[0] > 256 and top > 8:
+        # rows with few candidates are not padded to the widest row: two width classes
+        cut = int(np.percentile(width, 60))
+        if cut < top:
+            small = width <= cut
+            parts = [_prune_ngl_block(X, sym, cut, rows[small], beta),
+                     _prune_ngl_block(X, sym, top, rows[~small], beta)]
+            return tuple(np.concatenate([a[i] for a in parts]) for i in range(3))
+    return _prune_ngl_block(X, sym, max(top, 1), rows, beta)
+
+
+def _prune_ngl_block(X, sym, width, rows, beta):
+    """`prune_chunk_ngl` for rows with at most ``width`` candidates each."""
+    P = X[rows]
+    cand = sym[rows, :width]  # (c, K), -1 padded
+    valid = cand >= 0
+    cs = np.where(valid, cand, 0)
+    Dv = X[cs] - P[:, None, :]  # (c, K, d)
+    G = np.matmul(Dv, Dv.transpose(0, 2, 1))
+    g = np.diagonal(G, axis1=1, axis2=2)
+    inside = _inside(g[:, None, :], G, g[:, :, None], beta)  # [c, j, l]: l in region (p, j)
+    inside &= valid[:, None, :]
+    inside &= cs[:, None, :] != cs[:, :, None]
+    blocked_p = inside.any(axis=2)  # (c, K)
+    own = valid & (rows[:, None] < cand) & (g > 0)  # NGL skips zero-length edges
+    # q's side, only where p's side blocks: the candidates of q in the region of (p, q)
+    ci, cj = np.nonzero(own & blocked_p)
+    blocked_q = np.zeros(ci.shape[0], dtype=bool)
+    step = 1 << 14
+    for lo in range(0, ci.shape[0], step):
+        i, j = ci[lo:lo + step], cj[lo:lo + step]
+        q = cand[i, j]
+        nq = sym[q]  # (e, K)
+        vq = nq >= 0
+        R = X[np.where(vq, nq, 0)] - P[i][:, None, :]  # (e, K, d): r - p
+        b = Dv[i, j]  # (e, d): q - p
+        Glj = np.einsum("emd,ed->em", R, b)
+        Gll = np.einsum("emd,emd->em", R, R)
+        ins = _inside(Gll, Glj, g[i, j][:, None], beta)
+        ins &= vq & (nq != rows[i][:, None]) & (nq != q[:, None])
+        blocked_q[lo:lo + step] = ins.any(axis=1)
+    keep = own & ~blocked_p
+    keep[ci[~blocked_q], cj[~blocked_q]] = True
+    ci, cj = np.nonzero(keep)
+    return rows[ci], cand[ci, cj], np.sqrt(g[ci, cj])
+
+
 # --- multiprocessing: workers inherit X and nbr through fork --------------------------------
 _SHARED: dict[str, object] = {}
+
+
+def _prune(X, nbr, rows, beta, relaxed):
+    if relaxed == "ngl":
+        return prune_chunk_ngl(X, nbr, rows, beta)
+    return prune_chunk(X, nbr, rows, beta, relaxed)
 
 
 def _work(args):
     lo, hi = args
     X = _SHARED["X"]
     nbr = _SHARED["nbr"]
-    return lo, prune_chunk(X, nbr, np.arange(lo, hi), _SHARED["beta"], _SHARED["relaxed"])
+    return lo, _prune(X, nbr, np.arange(lo, hi), _SHARED["beta"], _SHARED["relaxed"])
 
 
 def _chunks(n: int, chunk: int, rank: int, size: int) -> list[tuple[int, int]]:
@@ -308,7 +396,7 @@ def _chunks(n: int, chunk: int, rank: int, size: int) -> list[tuple[int, int]]:
 def _iter_pruned(X, nbr, spans, beta, relaxed, n_jobs) -> Iterator:
     if n_jobs <= 1 or len(spans) <= 1:
         for lo, hi in spans:
-            yield lo, prune_chunk(X, nbr, np.arange(lo, hi), beta, relaxed)
+            yield lo, _prune(X, nbr, np.arange(lo, hi), beta, relaxed)
         return
     ctx = mp.get_context("fork")
     _SHARED.update(X=X, nbr=nbr, beta=beta, relaxed=relaxed)
@@ -336,12 +424,17 @@ def neighborhood_graph(
     world: object | None = None,
     progress: bool = False,
     seed: int = 0,
+    ngl: bool = False,
 ) -> Graph:
     """Build the pruned neighbourhood graph of X (n, d).
 
     ``out``: a Parquet file the edges stream to (``src``, ``dst`` int64, ``length`` float64),
     written atomically. ``n_jobs``: local processes for the pruning (-1: all cores).
     ``chunk_size`` defaults to a size that keeps one chunk's temporaries near 64 MB.
+    ``ngl=True`` (with ``relaxed=False``) reproduces nglpy's ``EmptyRegionGraph(relaxed=False)``
+    (NGL's "beta skeleton" on kNN candidates): candidate sets are the kNN lists made symmetric
+    (`symmetric_candidates`), an edge is kept when its region is empty of the candidates of
+    either endpoint (`prune_chunk_ngl`), and duplicate points get no edge between them.
 
     Over several processes:
 
@@ -363,6 +456,8 @@ def neighborhood_graph(
         rank, size = int(world.rank), int(world.size)
     if not (0 <= rank < size):
         raise ConfigurationError(f"rank must be in [0, size), found rank={rank}, size={size}")
+    if ngl and relaxed:
+        raise ConfigurationError("ngl=True reproduces nglpy's strict graph; use relaxed=False")
     gather = world is not None and hasattr(world, "allgatherv") and size > 1
     X = check_points(X)
     n, d = X.shape
@@ -376,13 +471,17 @@ def neighborhood_graph(
                   recall_sample=recall_sample, seed=seed, progress=progress)
     t1 = time.perf_counter()
     nbr = res.indices
+    mode: bool | str = bool(relaxed)
+    if ngl:
+        nbr, mode = symmetric_candidates(nbr), "ngl"
     if chunk_size is None:
-        per = k * k * max(d, 4) * 8 * (4 if not relaxed else 2)
+        kk = nbr.shape[1]
+        per = kk * kk * max(d, 4) * 8 * (4 if not relaxed else 2)
         chunk_size = int(np.clip((64 << 20) // per, 64, 65_536))
     if n_jobs == -1:
         n_jobs = os.cpu_count() or 1
     spans = _chunks(n, int(chunk_size), rank, size)
-    it = _iter_pruned(X, nbr, spans, float(beta), bool(relaxed), int(n_jobs))
+    it = _iter_pruned(X, nbr, spans, float(beta), mode, int(n_jobs))
     it = _progress(it, progress, "prune", len(spans))
     if gather:
         pieces = [(lo, np.minimum(s, t), np.maximum(s, t), ln) for lo, (s, t, ln) in it]

@@ -24,6 +24,20 @@ Given samples X (n, d), a function f (n,) and an undirected graph on the samples
   treated the same way with -f. At level p every extremum with persistence < p is cancelled
   and its samples follow ``into`` links to the first surviving extremum; levels nest (the
   segmentation at a higher level is a coarsening of the one at a lower level).
+* **topopy's semantics** (``MorseSmale(hierarchy="topopy")``, for comparing like with like
+  against topopy 1.0.4, whose C++ ``MorseComplex::ComputeMaximaPersistence`` was read for
+  this): the same pairs, except where one saddle vertex is the highest saddle of a low region
+  towards two or more higher regions. topopy queues pairs in a map keyed by (persistence,
+  saddle vertex), so such pairs share a key and only one survives (the one whose higher
+  maximum has the largest sample index); the region merges into that maximum and the other
+  neighbours meet the merged region only through lower saddles, so they live longer than
+  the elder rule says. topopy cancels the lowest-persistence pair first, re-resolving both
+  ends to their current roots (a pair whose lower end was absorbed is re-queued with the
+  raised persistence, and can again collide with a queued key); the dying root's ``into``
+  is the surviving root, not a leaf. It computes in float32, which decides which keys
+  collide, so this mode rounds f to float32 too. Saddle candidate of an edge: the lower
+  endpoint (both on equal f), ties to the larger index. On the benchmark's inputs and the
+  same graph this reproduces topopy's merge sequence and partitions exactly.
 * **Morse-Smale segmentation** at level p: samples with the same (surviving maximum,
   surviving minimum) pair form one segment.
 """
@@ -310,6 +324,12 @@ class MorseSmale:
     ``relaxed`` pruning (see `oncoscale.topology.graph`), ``knn_method`` ('auto', 'exact',
     'hnsw'), ``n_jobs`` processes for the pruning, ``chunk_size`` queries per chunk,
     ``graph_out`` an optional Parquet path for the edge list, ``progress`` bars.
+    ``hierarchy``: ``"elder"`` (default; the elder rule, see the module docstring) or
+    ``"topopy"`` (topopy 1.0.4's cancellation, computed in float32 as topopy does).
+    ``ngl=True`` (with ``relaxed=False``) builds nglpy's strict graph. With
+    ``relaxed=False, ngl=True, hierarchy="topopy"`` the result is the segmentation of
+    ``nglpy.EmptyRegionGraph(max_neighbors=k+1, relaxed=False, beta=beta)`` +
+    ``topopy.MorseSmaleComplex(gradient="steepest", normalization=None)``.
 
     Learned attributes: ``graph_`` (`Graph`), ``ascending_`` / ``descending_`` (n,) the sample
     index of the maximum / minimum each sample flows to, ``maxima_`` / ``minima_`` (DataFrames,
@@ -327,7 +347,7 @@ class MorseSmale:
     def __init__(self, k: int = 15, beta: float = 1.0, relaxed: bool = True, *,
                  knn_method: str = "auto", n_jobs: int = 1, chunk_size: int | None = None,
                  graph_out: str | os.PathLike[str] | None = None, progress: bool = False,
-                 hierarchy: str = "elder") -> None:
+                 hierarchy: str = "elder", ngl: bool = False) -> None:
         self.k = k
         self.beta = beta
         self.relaxed = relaxed
@@ -337,6 +357,7 @@ class MorseSmale:
         self.graph_out = graph_out
         self.progress = progress
         self.hierarchy = hierarchy
+        self.ngl = ngl
 
     def fit(self, X: np.ndarray, f: np.ndarray, graph: Graph | None = None) -> MorseSmale:
         """Fit on X (n, d) and f (n,); ``graph`` reuses a prebuilt neighbourhood graph."""
@@ -349,7 +370,7 @@ class MorseSmale:
             graph = neighborhood_graph(X, self.k, beta=self.beta, relaxed=self.relaxed,
                                        out=self.graph_out, chunk_size=self.chunk_size,
                                        n_jobs=self.n_jobs, knn_method=self.knn_method,
-                                       progress=self.progress)
+                                       progress=self.progress, ngl=self.ngl)
         elif graph.n != X.shape[0]:
             raise ConfigurationError(f"graph has {graph.n} samples but X has {X.shape[0]}")
         n = X.shape[0]
