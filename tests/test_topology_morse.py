@@ -78,6 +78,9 @@ def test_sum_of_gaussians_has_k_maxima_after_simplification(seed, d, n_peaks):
     near = [int(np.argmin(np.linalg.norm(centres - X[m], axis=1))) for m in top]
     assert sorted(near) == list(range(n_peaks))
     assert all(np.linalg.norm(centres[j] - X[m]) < 1.0 for j, m in zip(near, top, strict=True))
+    # topopy's cancellation semantics find the same k peaks
+    tp = MorseSmale(k=15, hierarchy="topopy").fit(X, f, graph=ms.graph_)
+    assert sorted(tp.maxima(persistence=0.2).tolist()) == sorted(top.tolist())
     seg = ms.segmentation(persistence=0.2)
     assert seg.shape == (X.shape[0],) and seg.min() == 0
     up = ms.regions(0.2, "max")

@@ -79,20 +79,21 @@ def _worker() -> None:
         if not cond:
             failures.append(f"rank {world.rank}: {what}")
 
-    cases = [  # (seed, n, d, k, beta, relaxed, knn, chunk)
-        (1, 1500, 3, 10, 1.0, True, "auto", 128),     # KD-tree kNN, Gabriel, relaxed
-        (2, 1100, 8, 12, 1.5, False, "exact", 100),   # FAISS exact, lune, strict
-        (3, 900, 2, 8, 0.7, True, "exact", 1000),     # β < 1, fewer chunks than... one chunk
+    cases = [  # (seed, n, d, k, beta, relaxed, knn, chunk, ngl)
+        (1, 1500, 3, 10, 1.0, True, "auto", 128, False),    # KD-tree kNN, Gabriel, relaxed
+        (2, 1100, 8, 12, 1.5, False, "exact", 100, False),  # FAISS exact, lune, strict
+        (3, 900, 2, 8, 0.7, True, "exact", 1000, False),    # β < 1, one chunk: rank 1 idle
+        (5, 1300, 4, 10, 1.0, False, "auto", 300, True),    # nglpy's strict graph
     ]
-    for seed, n, d, k, beta, relaxed, method, chunk in cases:
+    for seed, n, d, k, beta, relaxed, method, chunk, ngl in cases:
         name = f"case seed={seed} n={n} d={d}"
         try:
             X, _ = _data(seed, n, d)
             out = tmp / f"edges-{seed}.parquet"
             g = neighborhood_graph(X, k, beta=beta, relaxed=relaxed, knn_method=method,
-                                   chunk_size=chunk, out=out, world=world)
+                                   chunk_size=chunk, out=out, world=world, ngl=ngl)
             ref = neighborhood_graph(X, k, beta=beta, relaxed=relaxed, knn_method=method,
-                                     chunk_size=chunk)
+                                     chunk_size=chunk, ngl=ngl)
             check(np.array_equal(g.edges, ref.edges), f"{name}: edges differ from one process")
             check(np.array_equal(g.lengths, ref.lengths), f"{name}: lengths differ")
             check(bool((g.edges[:, 0] < g.edges[:, 1]).all()), f"{name}: src < dst")
