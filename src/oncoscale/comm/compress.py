@@ -239,94 +239,76 @@ class ErrorFeedback:
 
 
 class BucketPacking:
-    """Wire format of a selection with at most ``k`` entries in every bucket of ``bucket_size``
-    consecutive entries (what ``TopK(ratio, bucket_size=b)`` selects): for each bucket, ``k``
-    bucket-local offsets in the narrowest unsigned type (1 byte when ``bucket_size <= 256``,
-    2 up to 65,536) and ``k`` values in ``value_dtype``. Buckets with fewer entries are padded
-    with (offset 0, value 0), which adds nothing. The layout depends only on ``size``, so every
-    rank's message has the same length and one plain allgather carries them.
+    """Compact wire format of a sparse selection: indices as 1-byte offsets in buckets.
 
-    Message (uint8): int64 ``size``, int64 ``k``, offsets (rows x k), values (rows x k).
-    Bytes per selected entry: offset (1 or 2) + value (4, or 2 for fp16/bf16), against 4 + 4
-    for an int32 index and a float32 value.
+    The index range is cut into buckets of 255 entries, so that both the number of entries a
+    bucket selects (0..255) and an entry's offset inside its bucket (0..254) fit in one
+    byte. The message holds the per-bucket counts, then every entry's offset (in index
+    order), then the values in ``value_dtype`` (float32, or float16/bfloat16). Any
+    selection fits (TopK per tensor or per bucket, RandomK, threshold), and the length
+    depends only on ``size`` and ``nnz``. Bytes: ``16 + ceil(size / 255) + nnz * (1 +
+    value bytes)``, i.e. about 1.4 + 4 bytes per entry for TopK 1 % against 4 + 4 for an
+    int32 index and a float32 value. Message (uint8): int64 ``size``, int64 ``nnz``, counts,
+    offsets, values.
     """
 
     HEADER = 16
+    BUCKET = 255
 
-    def __init__(self, bucket_size: int, k: int, value_dtype: torch.dtype = torch.float32
-                 ) -> None:
-        if not 1 <= int(k) <= int(bucket_size) <= 65536:
-            raise ConfigurationError(f"BucketPacking needs 1 <= k <= bucket_size <= 65536, "
-                                     f"found k={k}, bucket_size={bucket_size}")
-        self.bucket_size, self.k = int(bucket_size), int(k)
+    def __init__(self, value_dtype: torch.dtype = torch.float32) -> None:
+        if value_dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            raise ConfigurationError(f"BucketPacking values must be a float dtype, found "
+                                     f"{value_dtype}")
         self.value_dtype = value_dtype
-        self.offset_dtype = torch.uint8 if self.bucket_size <= 256 else torch.int16
 
     def __repr__(self) -> str:
-        return (f"BucketPacking(bucket_size={self.bucket_size}, k={self.k}, "
-                f"value_dtype={self.value_dtype})")
+        return f"BucketPacking(value_dtype={self.value_dtype})"
 
     def _rows(self, size: int) -> int:
-        return -(-size // self.bucket_size)
+        return -(-size // self.BUCKET)
 
-    def nbytes(self, size: int) -> int:
-        """Exact message length for a vector of ``size`` entries."""
-        slots = self._rows(size) * self.k
-        ob = 1 if self.offset_dtype == torch.uint8 else 2
+    def nbytes(self, size: int, nnz: int) -> int:
+        """Exact message length for ``nnz`` entries of a vector of ``size`` entries."""
         vb = torch.empty((), dtype=self.value_dtype).element_size()
-        return self.HEADER + slots * (ob + vb)
+        return self.HEADER + self._rows(size) + nnz * (1 + vb)
 
     def pack(self, vec: SparseVector) -> torch.Tensor:
-        """``vec`` (sparse, at most ``k`` entries per bucket) -> uint8 message."""
-        n, b, k = vec.size, self.bucket_size, self.k
-        rows, dev = self._rows(n), vec.device
-        offs = torch.zeros(rows, k, dtype=torch.int64, device=dev)
-        vals = torch.zeros(rows, k, dtype=self.value_dtype, device=dev)
+        """``vec`` -> uint8 message (a dense payload is packed by its non-zeros)."""
         if vec.is_dense:
             vec = vec.sparsify()
-        if vec.nnz:
-            idx = vec.indices
-            row = idx // b
-            first = torch.searchsorted(row, row, right=False)
-            slot = torch.arange(idx.numel(), device=dev) - first
-            if int(slot.max()) >= k:
-                raise InputError(f"BucketPacking: a bucket of {b} entries holds more than "
-                                 f"k={k} selected entries")
-            offs[row, slot] = idx - row * b
-            vals[row, slot] = vec.values.to(self.value_dtype)
-        if self.offset_dtype == torch.int16:  # offsets 0..65535 stored modulo 2**16
-            offs = torch.where(offs >= 32768, offs - 65536, offs)
-        head = torch.tensor([n, k], dtype=torch.int64, device=dev).view(torch.uint8)
-        return torch.cat([head, offs.to(self.offset_dtype).reshape(-1).view(torch.uint8),
-                          vals.reshape(-1).view(torch.uint8)])
+        n, dev = vec.size, vec.device
+        idx = vec.indices
+        counts = torch.bincount(idx // self.BUCKET, minlength=self._rows(n)) if idx.numel() \
+            else torch.zeros(self._rows(n), dtype=torch.int64, device=dev)
+        head = torch.tensor([n, vec.nnz], dtype=torch.int64, device=dev).view(torch.uint8)
+        offs = (idx % self.BUCKET).to(torch.uint8)
+        vals = vec.values.to(self.value_dtype).contiguous().view(torch.uint8)
+        return torch.cat([head, counts.to(torch.uint8), offs, vals])
 
     def unpack(self, msg: torch.Tensor, size: int, dtype: torch.dtype = torch.float32
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 message -> (int64 indices, values in ``dtype``), padding included."""
-        n, k = (int(x) for x in msg[: self.HEADER].clone().view(torch.int64).tolist())
-        if n != size or k != self.k:
-            raise InputError(f"packed gradient message for {n} entries with k={k}, expected "
-                             f"{size} entries with k={self.k} (do all ranks train the same "
-                             "model?)")
-        rows, b = self._rows(size), self.bucket_size
-        ob = 1 if self.offset_dtype == torch.uint8 else 2
-        cut = self.HEADER + rows * k * ob
-        offs = msg[self.HEADER:cut].clone().view(self.offset_dtype).to(torch.int64)
-        if self.offset_dtype == torch.int16:
-            offs = offs % 65536
-        idx = offs + (torch.arange(rows, device=msg.device) * b).repeat_interleave(k)
-        vals = msg[cut:].clone().view(self.value_dtype).to(dtype)
-        return idx, vals
+               ) -> SparseVector:
+        """uint8 message -> :class:`SparseVector` of ``size`` entries, values in ``dtype``."""
+        n, nnz = (int(x) for x in msg[: self.HEADER].clone().view(torch.int64).tolist())
+        if n != size:
+            raise InputError(f"packed gradient message for {n} entries, expected {size} "
+                             "(do all ranks train the same model?)")
+        rows = self._rows(size)
+        cut = self.HEADER + rows
+        counts = msg[self.HEADER:cut].to(torch.int64)
+        offs = msg[cut:cut + nnz].to(torch.int64)
+        base = torch.repeat_interleave(torch.arange(rows, device=msg.device) * self.BUCKET,
+                                       counts)
+        vals = msg[cut + nnz:].clone().view(self.value_dtype).to(dtype)
+        if base.numel() != nnz or vals.numel() != nnz:
+            raise InputError(f"packed gradient message is inconsistent: {nnz} entries, "
+                             f"counts sum to {base.numel()}, {vals.numel()} values")
+        return SparseVector(base + offs, vals, size, check=False)
 
 
-def _packing_for(compressor: Compressor, value_dtype: torch.dtype) -> BucketPacking:
+def _fixed_nnz(compressor: Compressor) -> bool:
+    """True when every rank's selection has the same size for the same input size."""
     top = compressor.first if isinstance(compressor, Compose) else compressor
-    if not isinstance(top, TopK) or top.bucket_size is None or top.k is not None:
-        raise ConfigurationError(
-            "algorithm='packed_allgather' needs TopK(ratio, bucket_size=b) (optionally "
-            f"followed by Round), found {compressor!r}")
-    b = int(top.bucket_size)
-    return BucketPacking(b, min(b, max(1, math.ceil(top.ratio * b))), value_dtype)
+    return isinstance(top, TopK | RandomK)
 
 
 class GradientCompression:
@@ -336,12 +318,14 @@ class GradientCompression:
     ``codec`` sets the wire format of the values (``"fp16"``, ``"bf16"``, ``"qsgd8"``...)
     when the compressor does not name one.
 
-    ``algorithm="packed_allgather"`` (needs ``TopK(ratio, bucket_size=b)``): every rank's
-    selection travels as a :class:`BucketPacking` message (narrow bucket-local offsets, fp32
-    values, or fp16/bf16 with ``codec="fp16"``/``"bf16"``) in one allgather over the group,
-    then each rank sums the p selections. With a half codec the rounding is part of the
-    compressor (``| Round``), so error feedback keeps it. Bytes per rank:
-    ``(p - 1) * BucketPacking.nbytes(n)``; no fill-in, whatever the overlap of the selections.
+    ``algorithm="packed_allgather"``: every rank's selection travels as a
+    :class:`BucketPacking` message (1-byte offsets in 256-entry buckets, fp32 values, or
+    fp16/bf16 with ``codec="fp16"``/``"bf16"``) in one allgather over the group (allgatherv
+    when the compressor's selection size varies), then each rank sums the p selections.
+    With a half codec the rounding is part of the compressor (``| Round``), so error
+    feedback keeps it. Bytes per rank: ``(p - 1) * BucketPacking.nbytes(n, k)``: no fill-in,
+    whatever the overlap of the selections (the union recursive doubling carries doubles
+    every round).
     """
 
     def __init__(self, compressor: Compressor | None = None, *, error_feedback: bool = True,
@@ -355,8 +339,11 @@ class GradientCompression:
             if self.codec is not None and self.codec not in half:
                 raise ConfigurationError(f"packed_allgather carries fp32, fp16 or bf16 values, "
                                          f"found codec {self.codec!r}")
-            value_dtype = half.get(self.codec, torch.float32)  # type: ignore[arg-type]
-            self.packing = _packing_for(self.compressor, value_dtype)
+            if isinstance(self.compressor, NoCompression | QSGD):
+                raise ConfigurationError(f"packed_allgather needs a sparsifying compressor "
+                                         f"(TopK, RandomK, Threshold), found {self.compressor!r}")
+            self.packing = BucketPacking(half.get(self.codec, torch.float32))  # type: ignore
+            self.fixed = _fixed_nnz(self.compressor)
             if self.codec is not None:
                 self.compressor = self.compressor | Round(self.codec)
         self.feedback = ErrorFeedback(self.compressor, error_feedback)
@@ -385,11 +372,11 @@ class GradientCompression:
         acc = dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
         def run() -> SparseVector:
-            parts = g.allgather(msg)
+            parts = g.allgather(msg) if self.fixed else g.allgatherv(msg)
             out = torch.zeros(vec.size, dtype=acc, device=vec.device)
             for part in parts:
-                idx, vals = packing.unpack(part, vec.size, acc)
-                out.index_add_(0, idx, vals)
+                got = packing.unpack(part, vec.size, acc)
+                out.index_add_(0, got.indices, got.values)
             out /= g.size
             return SparseVector(None, out.to(dtype), vec.size, check=False)
 
