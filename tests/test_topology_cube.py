@@ -174,6 +174,19 @@ def test_brushing_gives_conditional_histograms(mode):
     assert len(pc) == 3 and all(ok for _, ok in pc)
 
 
+def _components(nodes, edges) -> int:
+    parent = {v: v for v in nodes}
+
+    def root(v):
+        while parent[v] != v:
+            v = parent[v]
+        return v
+
+    for a, b in edges:
+        parent[root(a)] = root(b)
+    return len({root(v) for v in nodes})
+
+
 def test_spine_and_merges(fitted):
     X, f, ms, cube, _ = fitted
     for p in (0.0, 0.1, 0.5):
@@ -212,6 +225,27 @@ def test_spine_and_merges(fitted):
             got = fine.segments(p)
             lab = ms.segmentation(p)
             assert sorted(got["count"]) == sorted(np.bincount(lab).tolist())
+            # capped views: the most persistent extrema, the links among them (all of them
+            # when the link cap is high; a spanning forest of them at least when it is low)
+            full = plain.spine(p)
+            for kind in ("max", "min"):
+                nd = full["nodes"][full["nodes"]["kind"] == kind]
+                top = set(nd.sort_values(["persistence", "extremum"], ascending=[False, True])
+                          ["extremum"][:3])
+                ln = full["links"][(full["links"]["kind"] == kind) & full["links"]["a"].isin(top)
+                                   & full["links"]["b"].isin(top)]
+                wide = fine.spine(p, max_nodes=3, max_links=10**6)
+                got_n = wide["nodes"][wide["nodes"]["kind"] == kind]
+                got_l = wide["links"][wide["links"]["kind"] == kind]
+                assert set(got_n["extremum"]) == top
+                assert wide["nodes"].attrs["total"][kind] == len(nd)
+                pd.testing.assert_frame_equal(got_l.reset_index(drop=True),
+                                              ln.reset_index(drop=True))
+                one = fine.spine(p, max_nodes=3, max_links=1)
+                one_l = one["links"][one["links"]["kind"] == kind]
+                comps = _components(top, zip(ln["a"], ln["b"], strict=True))
+                assert len(one_l) == len(top) - comps
+                assert _components(top, zip(one_l["a"], one_l["b"], strict=True)) == comps
     merges = cube.merges()
     assert len(merges) == len(ms.merges_)
     assert len(cube.levels()) > 0 and cube.levels().max() <= 1.0

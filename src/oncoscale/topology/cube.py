@@ -438,8 +438,12 @@ class Cube:
 
     def warm(self) -> Cube:
         """Load what the first queries would otherwise load (the whole-data histograms)."""
+        import scipy.sparse.csgraph  # noqa: F401 - used by capped spine views
+
         if self._codes is not None:
             self._whole_tables()
+        for kind in ("max", "min"):  # the persistence ranks of the base-level spine view
+            self._base_links_among(kind, np.zeros(0, dtype=np.int64))
         return self
 
     @property
@@ -478,13 +482,16 @@ class Cube:
     # 10^5-10^6 leaves and 10^6-10^7 saddle records of the base level.
     def _reps_uncached(self, p: float, kind: str) -> np.ndarray:
         t = self._sorted[kind]
-        ids, into = t["extremum"], t["into"]
-        E = ids.shape[0]
+        E = t["extremum"].shape[0]
         if E == 0:
             return np.zeros(0, dtype=np.int64)
-        tgt = np.clip(np.searchsorted(ids, into), 0, E - 1)
-        valid = (t["persistence"] < p) & (into >= 0) & (ids[tgt] == into)
-        up = np.where(valid, tgt, np.arange(E))
+        if "_into" not in t:  # the index each extremum merges into (-1: none), once
+            tgt = np.clip(np.searchsorted(t["extremum"], t["into"]), 0, E - 1)
+            ok = (t["into"] >= 0) & (t["extremum"][tgt] == t["into"])
+            t["_into"] = np.where(ok, tgt, -1)
+        into = t["_into"]
+        valid = (t["persistence"] < p) & (into >= 0)
+        up = np.where(valid, into, np.arange(E))
         while True:  # pointer jumping to the surviving extremum
             nxt = up[up]
             if np.array_equal(nxt, up):
@@ -492,14 +499,21 @@ class Cube:
             up = nxt
 
     def _ext_index(self, kind: str, sample_ids: np.ndarray) -> np.ndarray:
+        """Extremum index (int32) of sample ids that must be extrema of ``kind``."""
         ids = self._sorted[kind]["extremum"]
-        at = np.clip(np.searchsorted(ids, sample_ids), 0, max(len(ids) - 1, 0))
-        if len(ids) and not np.array_equal(ids[at], sample_ids):
+        lut = np.full(self.n, -1, dtype=np.int32)
+        lut[ids] = np.arange(ids.shape[0], dtype=np.int32)
+        sample_ids = np.asarray(sample_ids, dtype=np.int64)
+        if sample_ids.size and (sample_ids.min() < 0 or sample_ids.max() >= self.n):
+            raise InputError("corrupt oncoscale topology cube: a sample index is out of range",
+                             path=self.path)
+        at = lut[sample_ids]
+        if at.size and at.min() < 0:
             raise InputError("corrupt oncoscale topology cube: a leaf or saddle refers to an "
                              "unknown extremum", path=self.path)
-        return at.astype(np.int64)
+        return at
 
-    _CHECKPOINT_FACTOR = 8  # extrema per checkpoint shrink by this factor ...
+    _CHECKPOINT_FACTOR = 2  # extrema per checkpoint shrink by this factor ...
     _CHECKPOINT_MIN = 64  # ... down to this many
 
     def _build_hierarchy(self) -> None:
@@ -513,17 +527,17 @@ class Cube:
         links0 = {}
         for kind in ("max", "min"):
             s = self._saddles[kind]
-            links0[kind] = (self._ext_index(kind, s["a"]), self._ext_index(kind, s["b"]),
-                            np.arange(s["a"].shape[0]))
+            links0[kind] = (self._ext_index(kind, s.pop("a")), self._ext_index(kind, s.pop("b")),
+                            np.arange(s["saddle"].shape[0], dtype=np.int32))
         seg0 = {"max": self._leaf_ext["max"], "min": self._leaf_ext["min"], "count": cnt,
                 "f_min": lv["f_min"].to_numpy(), "f_max": lv["f_max"].to_numpy(),
                 "f_sum": lv["f_mean"].to_numpy() * cnt, "n_leaves": np.ones(len(lv), np.int64)}
         # checkpoint 0: the leaves (the base segmentation) and the raw saddle records
-        self._checkpoints = [(self._base, seg0, np.arange(len(lv), dtype=np.int64), links0)]
+        self._checkpoints = [(self._base, seg0, np.arange(len(lv), dtype=np.int32), links0)]
         pers = self.extrema["persistence"].to_numpy()
         pers = np.sort(pers[pers >= self._base])  # inf (component roots) last
         total = pers.shape[0]
-        target = total // self._CHECKPOINT_FACTOR
+        target = total // max(8, self._CHECKPOINT_FACTOR)  # the first: past the noise
         while target >= self._CHECKPOINT_MIN:
             p = float(pers[total - target])
             if not np.isfinite(p) or p <= self._checkpoints[-1][0]:
@@ -534,6 +548,8 @@ class Cube:
             self._checkpoints.append((p, seg, remap[prev[2]], links))
             target //= self._CHECKPOINT_FACTOR
         self._checkpoint_levels = np.array([c[0] for c in self._checkpoints])
+        self._base_link_count = {k: len(links0[k][0]) for k in ("max", "min")}
+        self._base_rank: dict = {}
 
     def _checkpoint(self, p: float):
         return self._checkpoints[int(np.searchsorted(self._checkpoint_levels, p, "right")) - 1]
@@ -558,7 +574,7 @@ class Cube:
                "f_sum": np.bincount(inv, weights=seg["f_sum"], minlength=m),
                "n_leaves": np.bincount(inv, weights=seg["n_leaves"], minlength=m
                                        ).astype(np.int64)}
-        return out, inv.astype(np.int64)
+        return out, inv.astype(np.int32)
 
     def _reduce_links(self, links, p: float, kind: str):
         """Best saddle (first record, records are best first) of every pair of regions at p."""
@@ -568,7 +584,7 @@ class Cube:
         keep = np.flatnonzero(ra != rb)
         ra, rb = ra[keep], rb[keep]
         lo, hi = np.minimum(ra, rb), np.maximum(ra, rb)
-        _, first = np.unique(lo * max(rep.shape[0], 1) + hi, return_index=True)
+        _, first = np.unique(lo.astype(np.int64) * max(rep.shape[0], 1) + hi, return_index=True)
         first = np.sort(first)
         return lo[first], hi[first], sel[keep[first]]
 
@@ -995,7 +1011,9 @@ class Cube:
         and of the links among them first the spanning forest of the best saddles (the merge
         tree's links: every kept extremum stays connected to its component), then the other
         links best first, up to ``max_links``. The totals before capping are in
-        ``nodes.attrs["total"]`` / ``links.attrs["total"]`` (per kind).
+        ``nodes.attrs["total"]`` / ``links.attrs["total"]`` (per kind; the links total is
+        None where nodes were capped above the base level: counting them would cost the full
+        reduction).
         """
         p = self._p(persistence)
         if max_nodes is None and max_links is None:
@@ -1014,66 +1032,117 @@ class Cube:
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import minimum_spanning_tree
 
-        full = self._spine_cached(p)
         nodes_out, links_out = [], []
         totals_n, totals_l = {}, {}
         for kind in ("max", "min"):
-            nd = full["nodes"][full["nodes"]["kind"] == kind]
-            ln = full["links"][full["links"]["kind"] == kind]
-            totals_n[kind], totals_l[kind] = len(nd), len(ln)
+            nd = self._spine_nodes(p, kind)
+            totals_n[kind] = len(nd)
             if max_nodes is not None and len(nd) > max_nodes:
                 pers = nd["persistence"].to_numpy()
                 order = np.lexsort((nd["extremum"].to_numpy(), -pers))  # most persistent
                 nd = nd.iloc[np.sort(order[:max_nodes])]
-                keep = np.isin(ln["a"].to_numpy(), nd["extremum"].to_numpy()) & np.isin(
-                    ln["b"].to_numpy(), nd["extremum"].to_numpy())
-                ln = ln[keep]
-            if max_links is not None and len(ln) > max_links:
-                ids = nd["extremum"].to_numpy()  # sorted
-                ia = np.searchsorted(ids, ln["a"].to_numpy())
-                ib = np.searchsorted(ids, ln["b"].to_numpy())
-                w = np.arange(1, len(ln) + 1, dtype=np.float64)  # links are best first
+                kept = self._ext_index(kind, nd["extremum"].to_numpy())
+                if p == self._base:  # the base level: only records among the kept extrema
+                    records = self._base_links_among(kind, kept)
+                    totals_l[kind] = int(self._base_link_count[kind])
+                else:
+                    records = self._checkpoint(p)[3][kind]
+                    totals_l[kind] = None  # not counted (would cost the full reduction)
+                lo, hi, sel = self._links_among(p, kind, records, kept)
+            else:
+                kept = self._ext_index(kind, nd["extremum"].to_numpy())
+                lo, hi, sel = self._links_among(p, kind, self._checkpoint(p)[3][kind], kept)
+                totals_l[kind] = len(lo)
+            if max_links is not None and len(lo) > max_links:
+                ids = np.unique(np.concatenate([lo, hi]))
+                ia, ib = np.searchsorted(ids, lo), np.searchsorted(ids, hi)
+                w = np.arange(1, len(lo) + 1, dtype=np.float64)  # links are best first
                 tree = minimum_spanning_tree(coo_matrix((w, (ia, ib)),
                                                         shape=(len(ids), len(ids))))
-                in_tree = np.zeros(len(ln), dtype=bool)
+                in_tree = np.zeros(len(lo), dtype=bool)
                 in_tree[tree.tocoo().data.astype(np.int64) - 1] = True
                 rest = np.flatnonzero(~in_tree)
                 take = np.flatnonzero(in_tree)
                 take = np.sort(np.concatenate([take, rest[: max(0, max_links - len(take))]]))
-                ln = ln.iloc[take]
+                lo, hi, sel = lo[take], hi[take], sel[take]
             nodes_out.append(nd)
-            links_out.append(ln)
+            links_out.append(self._links_frame(kind, lo, hi, sel))
         out = {"nodes": pd.concat(nodes_out, ignore_index=True),
                "links": pd.concat(links_out, ignore_index=True)}
         out["nodes"].attrs["total"] = totals_n
         out["links"].attrs["total"] = totals_l
         return self._remember(self._hist_cache, key, out)
 
+    def _links_among(self, p: float, kind: str, records, kept: np.ndarray):
+        """`_reduce_links` restricted to pairs of regions whose extrema (at p) are both in
+        ``kept`` (extremum indices): a dense first-occurrence table over kept x kept."""
+        A, B, sel = records
+        rep = self._reps(p, kind)
+        K = kept.shape[0]
+        pos = np.full(rep.shape[0], -1, dtype=np.int64)
+        pos[kept] = np.arange(K)
+        pa, pb = pos[rep[A]], pos[rep[B]]
+        idx = np.flatnonzero((pa >= 0) & (pb >= 0) & (pa != pb))
+        pa, pb = pa[idx], pb[idx]
+        lo, hi = np.minimum(pa, pb), np.maximum(pa, pb)
+        key = lo * K + hi
+        m = key.shape[0]
+        if K * K <= 4_000_000:
+            first = np.full(K * K, m, dtype=np.int64)
+            np.minimum.at(first, key, np.arange(m))
+            first = np.sort(first[first < m])
+        else:
+            first = np.sort(np.unique(key, return_index=True)[1])
+        return kept[lo[first]], kept[hi[first]], sel[idx[first]]
+
+    def _base_links_among(self, kind: str, kept: np.ndarray):
+        """Base-level saddle records whose two extrema are both in ``kept`` (the most
+        persistent ones), best first: a prefix of the records ordered by the persistence
+        rank of their lesser extremum (computed once)."""
+        if kind not in self._base_rank:
+            t = self._sorted[kind]
+            order = np.lexsort((t["extremum"], -t["persistence"]))
+            rank = np.empty(order.shape[0], dtype=np.int32)
+            rank[order] = np.arange(order.shape[0], dtype=np.int32)
+            A, B, _ = self._checkpoints[0][3][kind]
+            worst = np.maximum(rank[A], rank[B])
+            by = np.argsort(worst, kind="stable").astype(np.int32)
+            self._base_rank[kind] = (rank, worst[by], by)
+        rank, worst_sorted, by = self._base_rank[kind]
+        cut = int(rank[kept].max()) + 1 if len(kept) else 0
+        idx = np.sort(by[: int(np.searchsorted(worst_sorted, cut))])
+        A, B, sel = self._checkpoints[0][3][kind]
+        return A[idx], B[idx], sel[idx]
+
     def _spine(self, p: float) -> dict[str, pd.DataFrame]:
         """Topological spine at ``p``: ``nodes`` (surviving extrema with f value, region
         volume = samples in their ascending/descending region, pc1, pc2) and ``links`` (the
         highest saddle between each pair of neighbouring surviving maxima, the lowest between
         minima), reduced from the highest hierarchy checkpoint <= p."""
-        links_ck = self._checkpoint(p)[3]
-        nodes, links = [], []
-        for kind in ("max", "min"):
-            t = self._sorted[kind]
-            rep = self._reps(p, kind)
-            vol = np.bincount(rep, weights=self._own_volume[kind], minlength=rep.shape[0])
-            at = np.flatnonzero(vol > 0)
-            nodes.append(pd.DataFrame({"extremum": t["extremum"][at], "kind": kind,
-                                       "value": t["value"][at],
-                                       "persistence": t["persistence"][at],
-                                       "volume": vol[at].astype(np.int64), "pc1": t["pc1"][at],
-                                       "pc2": t["pc2"][at]}))
-            lo, hi, sel = self._reduce_links(links_ck[kind], p, kind)
-            s = self._saddles[kind]
-            links.append(pd.DataFrame({"kind": kind, "a": t["extremum"][lo],
-                                       "b": t["extremum"][hi], "saddle": s["saddle"][sel],
-                                       "value": s["value"][sel], "pc1": s["pc1"][sel],
-                                       "pc2": s["pc2"][sel]}))
-        return {"nodes": pd.concat(nodes, ignore_index=True),
-                "links": pd.concat(links, ignore_index=True)}
+        kinds = ("max", "min")
+        return {"nodes": pd.concat([self._spine_nodes(p, k) for k in kinds], ignore_index=True),
+                "links": pd.concat([self._spine_links(p, k) for k in kinds], ignore_index=True)}
+
+    def _spine_nodes(self, p: float, kind: str) -> pd.DataFrame:
+        t = self._sorted[kind]
+        rep = self._reps(p, kind)
+        vol = np.bincount(rep, weights=self._own_volume[kind], minlength=rep.shape[0])
+        at = np.flatnonzero(vol > 0)
+        return pd.DataFrame({"extremum": t["extremum"][at], "kind": kind,
+                             "value": t["value"][at], "persistence": t["persistence"][at],
+                             "volume": vol[at].astype(np.int64), "pc1": t["pc1"][at],
+                             "pc2": t["pc2"][at]})
+
+    def _spine_links(self, p: float, kind: str) -> pd.DataFrame:
+        lo, hi, sel = self._reduce_links(self._checkpoint(p)[3][kind], p, kind)
+        return self._links_frame(kind, lo, hi, sel)
+
+    def _links_frame(self, kind: str, lo, hi, sel) -> pd.DataFrame:
+        t = self._sorted[kind]
+        s = self._saddles[kind]
+        return pd.DataFrame({"kind": kind, "a": t["extremum"][lo], "b": t["extremum"][hi],
+                             "saddle": s["saddle"][sel], "value": s["value"][sel],
+                             "pc1": s["pc1"][sel], "pc2": s["pc2"][sel]})
 
     def merges(self) -> pd.DataFrame:
         """The cancellation sequence, lowest persistence first."""

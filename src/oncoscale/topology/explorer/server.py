@@ -300,11 +300,9 @@ def create_app(cube_path: str | Path, cache_bytes: int = 64 * 2**20):
         segs = cube.segments(q.persistence())
         limit = q.int("limit", 1, 10**7, 500)
         total = len(segs)
-        if total > limit:
-            order = np.argsort(-segs["count"].to_numpy(), kind="stable")[:limit]
-            segs = segs.iloc[order]
-        else:
-            segs = segs.sort_values("count", ascending=False, kind="stable")
+        cnt = segs["count"].to_numpy()
+        top = np.argpartition(-cnt, limit - 1)[:limit] if total > limit else np.arange(total)
+        segs = segs.iloc[top[np.lexsort((top, -cnt[top]))]]  # largest first, then by id
         return {"segments": _columns(segs), "total": total}
 
     def hist(q: Params) -> dict:
