@@ -37,6 +37,9 @@ def build_cmd(
     jobs: int = typer.Option(-1, help="Processes for the pruning (-1: all cores)."),
     graph_out: Path = typer.Option(None, help="Also keep the edge list as this Parquet file."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    hierarchy: str = typer.Option("elder", help="Persistence hierarchy: elder (elder rule) or "
+                                  "topopy (topopy 1.0.4's cancellation semantics)."),
+    ngl: bool = typer.Option(False, help="nglpy's strict graph (needs --no-relaxed)."),
     comm: str = typer.Option("auto", help="Spread the graph over the ranks of an "
                              "oncoscale.comm world: auto (when launched by torchrun, mpiexec "
                              "or srun with more than one rank), torch, mpi, or none."),
@@ -68,7 +71,8 @@ def build_cmd(
         path = build(X, fv, out, k=k, beta=beta, relaxed=relaxed, bins=bins, hist3d=hist3d,
                      bins3d=bins3d, dims=names, f_name=fname, base_persistence=base_persistence,
                      knn_method=knn, n_jobs=jobs, graph_out=graph_out, progress=progress,
-                     extra_meta={"source": str(data)}, world=world)
+                     extra_meta={"source": str(data)}, world=world, hierarchy=hierarchy,
+                     ngl=ngl)
     except OncoscaleError as exc:
         _fail(exc)
     finally:

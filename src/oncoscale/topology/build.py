@@ -41,6 +41,8 @@ def build(
     progress: bool = True,
     extra_meta: dict[str, object] | None = None,
     world: object | None = None,
+    hierarchy: str = "elder",
+    ngl: bool = False,
 ) -> Path:
     """Build the cube of f (n,) over samples X (n, d) and write it to ``out``; returns ``out``.
 
@@ -49,6 +51,9 @@ def build(
     axis; optional 3-D histograms). ``dims`` names the columns of X, ``f_name`` the function.
     ``n_jobs=-1`` prunes on all cores. Progress bars when ``progress``. Timings of the
     stages are stored in the cube's ``meta`` table (``timings``).
+
+    ``hierarchy`` and ``ngl`` as in `MorseSmale` (``hierarchy="topopy", ngl=True,
+    relaxed=False``: the segmentation nglpy + topopy compute).
 
     ``world``: an ``oncoscale.comm`` world (every rank calls ``build`` with the same X and f):
     the kNN queries and pruning chunks are spread over the ranks and the edge list is
@@ -74,14 +79,15 @@ def build(
         t0 = time.perf_counter()
         g = neighborhood_graph(X, k, beta=beta, relaxed=relaxed, out=gpath,
                                chunk_size=chunk_size, n_jobs=n_jobs, knn_method=knn_method,
-                               progress=progress, world=world)
+                               progress=progress, world=world, ngl=ngl)
         timings.update(g.timings)
         if world is not None and int(getattr(world, "rank", 0)) != 0:
             stages.done()
             return out
         t1 = time.perf_counter()
         stages.start("morse-smale")
-        ms = MorseSmale(k=k, beta=beta, relaxed=relaxed).fit(X, f, graph=g)
+        ms = MorseSmale(k=k, beta=beta, relaxed=relaxed, hierarchy=hierarchy,
+                        ngl=ngl).fit(X, f, graph=g)
         t2 = time.perf_counter()
         stages.start("datacube")
         timings.update(graph_s=t1 - t0, morse_s=t2 - t1)
