@@ -26,9 +26,15 @@ The graph follows the Neighborhood Graph Library (Correa & Lindstrom) as used by
    lower index's test decides (the two tests agree except for distance ties).
 
 Queries are processed in chunks (memory per chunk ~ chunk * k * k * d * 8 bytes), chunks may
-run on several local processes (``n_jobs``) or be split over the ranks of a world
-(``rank``/``size``), and edges stream chunk by chunk to Parquet (columns ``src``, ``dst``,
-``length``) with `pyarrow.parquet.ParquetWriter`.
+run on several local processes (``n_jobs``) and over the ranks of an ``oncoscale.comm`` world
+(``world=``: kNN query blocks and pruned chunks are all-gathered with ``World.allgatherv``,
+put back in chunk order and made duplicate-free globally, so every rank gets the graph one
+process would build; rank 0 writes the Parquet file), and edges stream chunk by chunk to
+Parquet (columns ``src``, ``dst``, ``length``) with `pyarrow.parquet.ParquetWriter`.
+
+``ngl=True`` reproduces nglpy's ``EmptyRegionGraph(relaxed=False)`` exactly (NGL's "beta
+skeleton" on kNN candidates: candidate sets made symmetric, an edge kept when its region is
+empty from either endpoint's side), for comparisons with nglpy + topopy.
 
 Duplicate points are kept: they are joined by zero-length edges (see `oncoscale.topology.morse`
 for how the gradient treats them).
