@@ -25,8 +25,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1M-entry vectors only")
-    ap.add_argument("--world-sizes", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--world-sizes", type=int, nargs="+", default=[2, 4],
+                    help="ranks per job, 1-8 (more ranks than cores oversubscribe)")
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
+    ap.add_argument("--densities", type=float, nargs="+", default=None,
+                    help="fractions of non-zeros per rank (default 0.0001 0.001 0.01 0.1 0.5)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--no-training", action="store_true")
@@ -34,7 +37,8 @@ def main() -> None:
     a = ap.parse_args()
     run_benchmark(quick=a.quick, world_sizes=tuple(a.world_sizes),
                   sizes=tuple(a.sizes) if a.sizes else None, repeats=a.repeats,
-                  steps=a.steps, out=a.out, training=not a.no_training)
+                  steps=a.steps, out=a.out, training=not a.no_training,
+                  densities=tuple(a.densities) if a.densities else None)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,15 @@ import torch
 
 from oncoscale.comm._backend import DoneWork, Work, check_op
 from oncoscale.comm.costmodel import ALGORITHMS, AUTO_CANDIDATES, calibrated
-from oncoscale.comm.quant import CastCodec, ValueCodec, codec_id, get_codec, view_as
+from oncoscale.comm.quant import (
+    CastCodec,
+    QSGDCodec,
+    ValueCodec,
+    _scratch,
+    codec_id,
+    get_codec,
+    view_as,
+)
 from oncoscale.comm.sparse import (
     SparseVector,
     index_bytes_for,
@@ -83,17 +91,34 @@ def _seed(base: int, *parts: int) -> int:
     return h
 
 
-def _encode(vec: SparseVector, codec: ValueCodec, seed: int
-            ) -> tuple[torch.Tensor, SparseVector]:
-    """One message (header + body) and the vector as the receiver will decode it."""
+def _encode(vec: SparseVector, codec: ValueCodec, seed: int, want_decoded: bool = True
+            ) -> tuple[torch.Tensor, SparseVector | None]:
+    """One message (header + body, one uint8 buffer) and the vector as the receiver will
+    decode it (``None`` with ``want_decoded=False``). Indices travel as int32 when the
+    vector size allows."""
     m, dev = vec.size, vec.device
     vb = codec.value_bytes(vec.dtype)
     if vec.is_dense or prefers_dense(vec.nnz, m, vb):
-        vals = vec.to_dense()
+        if vec.is_dense:
+            vals = vec.values
+        elif (codec.lossy or not want_decoded) and vec.dtype == torch.float32:
+            vals = _scratch(m, dev, slot=1)  # a work buffer: only the message leaves
+            vals.zero_()
+            vals[vec.indices] = vec.values
+        else:
+            vals = vec.to_dense()
+        idx = None
+        if isinstance(codec, QSGDCodec):  # encode straight into the message
+            msg = torch.empty(_HEADER + codec.nbytes(m, vec.dtype), dtype=torch.uint8,
+                              device=dev)
+            msg[:_HEADER].view(torch.int64).copy_(torch.tensor([1, m], dtype=torch.int64))
+            body = codec.encode(vals, seed, out=msg[_HEADER:])
+            if not want_decoded:
+                return msg, None
+            return msg, SparseVector(None, codec.decode(body, m, vec.dtype), m, check=False)
         body = codec.encode(vals, seed)
         head = torch.tensor([1, m], dtype=torch.int64, device=dev)
         parts = [head.view(torch.uint8), body]
-        idx = None
     else:
         vals = vec.values
         idx = vec.indices
@@ -101,9 +126,24 @@ def _encode(vec: SparseVector, codec: ValueCodec, seed: int
         head = torch.tensor([0, vec.nnz], dtype=torch.int64, device=dev)
         parts = [head.view(torch.uint8), idx.to(index_dtype_for(m)).view(torch.uint8), body]
     msg = torch.cat(parts)
+    if not want_decoded:
+        return msg, None
     if codec.lossy:
         vals = codec.decode(body, vals.numel(), vec.dtype)
     return msg, SparseVector(idx, vals, m, check=False)
+
+
+def _sum_msgs(msgs: list[torch.Tensor], m: int, codec: ValueCodec, dtype: torch.dtype
+              ) -> SparseVector:
+    """Sum of the vectors in ``msgs`` (in this order). Dense QSGD messages are decoded
+    straight into one accumulator (two passes each, no temporaries)."""
+    if dtype == torch.float32 and hasattr(codec, "decode_into") and msgs and all(
+            int(view_as(x[:8], torch.int64)) == 1 for x in msgs):
+        out = torch.empty(m, dtype=torch.float32, device=msgs[0].device)
+        for i, x in enumerate(msgs):
+            codec.decode_into(x[_HEADER:], out, accumulate=i > 0)
+        return SparseVector(None, out, m, check=False)
+    return merge([_decode(x, m, codec, dtype) for x in msgs])
 
 
 def _msg_bytes(nnz: int, m: int, dense: bool, codec: ValueCodec, dtype: torch.dtype) -> int:
@@ -219,12 +259,16 @@ def _recursive_doubling(g: Group, cur: SparseVector, codec: ValueCodec, seed: in
     while mask < p2:
         partner = r ^ mask
         # ranks r // mask hold identical sums: equal seeds keep stochastic codecs consistent
-        msg, mine = _encode(cur, codec, _seed(seed, rnd, r // mask))
+        msg, mine = _encode(cur, codec, _seed(seed, rnd, r // mask), not codec.lossy)
         known = None  # the first round without a fold: the header says the partner's size
         if mask == 1 and not extra:
             known = _msg_bytes(rows[partner][2], m, bool(rows[partner][3]), codec, dt)
-        other = _decode(_exchange(g, partner, msg, known), m, codec, dt)
-        cur = merge([mine, other] if r < partner else [other, mine])
+        theirs = _exchange(g, partner, msg, known)
+        if codec.lossy:  # both sides sum the same two decoded messages
+            cur = _sum_msgs([msg, theirs] if r < partner else [theirs, msg], m, codec, dt)
+        else:
+            other = _decode(theirs, m, codec, dt)
+            cur = merge([mine, other] if r < partner else [other, mine])
         mask <<= 1
         rnd += 1
     if extra:
@@ -301,9 +345,12 @@ def _dense(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
 
 def _allgather_sum(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
                    rows: list[list[int]]) -> SparseVector:
-    msg, decoded = _encode(cur, codec, _seed(seed, 0, g.rank))
+    msg, decoded = _encode(cur, codec, _seed(seed, 0, g.rank), not codec.lossy)
     counts = [_msg_bytes(row[2], cur.size, bool(row[3]), codec, cur.dtype) for row in rows]
     parts = _backend(g).allgatherv(msg, g, channel=True, counts=counts)
+    if codec.lossy:
+        return _sum_msgs([msg if j == g.rank else parts[j] for j in range(g.size)], cur.size,
+                         codec, cur.dtype)
     pieces = [decoded if j == g.rank else _decode(parts[j], cur.size, codec, cur.dtype)
               for j in range(g.size)]
     return merge(pieces)
@@ -438,11 +485,12 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
         buf[hb:hb + need].copy_(msg)
     gathered = _gather_fixed(g, buf)
     rows = torch.stack([x[:hb] for x in gathered]).view(torch.int64).tolist()
-    # the capacity history: every rank records the same numbers (before any error is raised)
-    agreed_algo = len({row[6] for row in rows}) == 1 and rows[0][6] in _EAGER_CODES
-    hist = g.world.cache.get(("eager", g.ranks), [])
-    top = max(row[8] for row in rows) if agreed_algo else _EAGER_MAX + 1
-    g.world.cache[("eager", g.ranks)] = ([*hist, top])[-_EAGER_WINDOW:]
+    # the capacity history: every rank records the same numbers (before any error is
+    # raised); only calls that can go eager (auto, allgather) count
+    if len({row[6] for row in rows}) == 1 and rows[0][6] in _EAGER_CODES:
+        hist = g.world.cache.get(("eager", g.ranks), [])
+        top = max(row[8] for row in rows)
+        g.world.cache[("eager", g.ranks)] = ([*hist, top])[-_EAGER_WINDOW:]
 
     def table(col: int) -> str:
         return ", ".join(f"rank {g.ranks[i]}: {row[col]}" for i, row in enumerate(rows))
@@ -507,8 +555,10 @@ def choose_algorithm(group: Group, nnz: list[int], size: int, dtype: torch.dtype
     c = get_codec(codec)
     model = calibrated(group)
     acc = _acc_dtype(dtype)
+    # QSGD values cannot use the engine's allreduce; its split algorithms decode and
+    # re-encode every piece, which the model does not price: exchange whole streams instead
     cands = AUTO_CANDIDATES if not (c.lossy and not isinstance(c, CastCodec)) \
-        else tuple(a for a in AUTO_CANDIDATES if a != "dense")
+        else ("recursive_doubling", "allgather")
     dense_bytes = (torch.empty((), dtype=c.dtype).element_size() if isinstance(c, CastCodec)
                    else torch.empty((), dtype=acc).element_size())
     return model.choose(group.size, size, nnz, c.value_bytes(acc), index_bytes_for(size),
@@ -561,8 +611,9 @@ def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | 
             alg = "none"
         elif parts is not None:  # every rank's message came with the header: sum locally
             alg = "allgather"
-            result = merge([mine if j == g.rank else _decode(parts[j], cur.size, c, acc)
-                            for j in range(g.size)])
+            result = _sum_msgs(parts, cur.size, c, acc) if c.lossy else \
+                merge([mine if j == g.rank else _decode(parts[j], cur.size, c, acc)
+                       for j in range(g.size)])
         else:
             nnz = [row[2] for row in rows]
             alg = algorithm if algorithm != "auto" else choose_algorithm(g, nnz, vec.size,

@@ -11,11 +11,28 @@ so that ``E[decode(encode(x))] = x`` (unbiased). Codes are packed ``8 // b`` per
 
 from __future__ import annotations
 
+import random
+import threading
 import zlib
 
 import torch
 
 from oncoscale.errors import ConfigurationError
+
+_LOCAL = threading.local()
+
+
+def _scratch(n: int, device: torch.device | str, slot: int = 0) -> torch.Tensor:
+    """A reusable float32 work buffer of ``n`` entries for this thread (saves the page faults
+    of fresh large allocations). Its content is overwritten by the next call on the slot."""
+    bufs = getattr(_LOCAL, "bufs", None)
+    if bufs is None:
+        bufs = _LOCAL.bufs = {}
+    buf = bufs.get(slot)
+    if buf is None or buf.numel() < n or buf.device != torch.device(device):
+        buf = torch.empty(max(n, 1 << 16), dtype=torch.float32, device=device)
+        bufs[slot] = buf
+    return buf[:n]
 
 
 def view_as(buf: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -74,7 +91,20 @@ class CastCodec(ValueCodec):
 
 
 class QSGDCodec(ValueCodec):
-    """Unbiased stochastic quantisation to ``bits`` in buckets with a float32 scale each."""
+    """Unbiased stochastic quantisation to ``bits`` in buckets with a float32 scale each.
+
+    Wire format: ``buckets`` float32 scales (max-abs of each bucket of ``bucket_size``
+    values), then one code per value packed ``8 // bits`` per byte. A value ``x`` in a
+    bucket of scale ``m`` becomes the integer level ``floor(x * s / m + u)`` in
+    ``[-s, s]`` (``s = 2**(bits-1) - 1``) with a dither ``u`` uniform on [0, 1), so
+    ``E[decode(encode(x))] = x`` exactly and ``|decode - x| <= m / s``.
+
+    The dither is cheap and vectorised: a fixed permutation table ``pi`` of ``L`` entries
+    (``L`` a multiple of ``bucket_size``, about 4096), and per call a random offset ``o`` and
+    a random ``c`` in [0, 1): value ``i`` uses ``u_i = (pi[(i + o) mod L] + c) / L``, which
+    is exactly uniform on [0, 1) for every ``i`` (unbiased rounding), stratified within a
+    run of ``L`` values; values ``L`` apart share their dither within one call.
+    """
 
     lossy = True
 
@@ -89,19 +119,15 @@ class QSGDCodec(ValueCodec):
         self.levels = 2 ** (bits - 1) - 1
         self.per_byte = 8 // bits
         self.name = f"qsgd{bits}"
-        self._gen: torch.Generator | None = None
         self._seed = seed
+        self._rng = random.Random(seed)  # per-call offsets when no seed is given
+        self.period = self.bucket_size * max(1, 4096 // self.bucket_size)
+        gen = torch.Generator().manual_seed(0x5eed)
+        self._table = torch.randperm(self.period, generator=gen).to(torch.float32) \
+            / self.period
 
     def __repr__(self) -> str:
         return f"QSGDCodec(bits={self.bits}, bucket_size={self.bucket_size})"
-
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self._seed is None:
-            return None
-        if self._gen is None or self._gen.device != device:
-            self._gen = torch.Generator(device=device)
-            self._gen.manual_seed(self._seed)
-        return self._gen
 
     def value_bytes(self, dtype: torch.dtype) -> float:
         return self.bits / 8 + 4 / self.bucket_size
@@ -115,55 +141,138 @@ class QSGDCodec(ValueCodec):
         buckets, code_bytes = self._layout(n)
         return 4 * buckets + code_bytes
 
-    def encode(self, values: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    def _dither(self, seed: int | None, device: torch.device) -> torch.Tensor:
+        """One period of dither plus the level offset ``s``: shape (period,)."""
+        rng = random.Random(int(seed)) if seed is not None else self._rng
+        off = rng.randrange(self.period)
+        c = rng.random()
+        t = self._table if self._table.device == device else self._table.to(device)
+        self._table = t
+        return torch.roll(t, -off) + (c / self.period + self.levels)
+
+    def _codes(self, v: torch.Tensor, dither: torch.Tensor, out: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scales (buckets,) and uint8 codes in ``0..2s`` of ``v`` (written to ``out`` when
+        given); ``v.numel()`` is a multiple of ``bucket_size``."""
+        b = self.bucket_size
+        vb = v.view(-1, b)
+        scale = torch.maximum(vb.amax(dim=1), vb.amin(dim=1).neg_())  # (aminmax is slower)
+        factor = torch.where(scale > 0, self.levels / scale, torch.zeros_like(scale))
+        per = dither.numel()
+        if v.numel() % per == 0:  # x = dither + v * factor in one pass (broadcast views)
+            kb = per // b
+            x = torch.addcmul(dither.view(1, kb, b), v.view(-1, kb, b), factor.view(-1, kb, 1),
+                              out=_scratch(v.numel(), v.device).view(-1, kb, b))
+        else:
+            x = v.view(-1, b) * factor[:, None]
+            x.view(-1).add_(dither.repeat(-(-x.numel() // per))[: x.numel()])
+        # x lies in [0, 2s + 1): truncation towards zero is the floor
+        if out is None:
+            return scale, x.view(-1).to(torch.uint8)
+        out.copy_(x.view(-1))
+        return scale, out
+
+    def encode(self, values: torch.Tensor, seed: int | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """As :meth:`ValueCodec.encode`; ``out``: a uint8 tensor of ``nbytes(n)`` bytes to
+        write the message into (e.g. a slice of a larger message)."""
         n = values.numel()
         if n == 0:
             return torch.zeros(0, dtype=torch.uint8, device=values.device)
         buckets, code_bytes = self._layout(n)
-        v = values.to(torch.float32)
-        pad = buckets * self.bucket_size - n
-        vb = torch.nn.functional.pad(v, (0, pad)).view(buckets, self.bucket_size)
-        scale = vb.abs().amax(dim=1)
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        x = vb.abs() / safe[:, None] * self.levels
-        low = x.floor()
-        if seed is not None:
-            gen = torch.Generator(device=v.device)
-            gen.manual_seed(int(seed) % (2**63))
+        v = values.reshape(-1).to(torch.float32)
+        b = self.bucket_size
+        dither = self._dither(seed, v.device)
+        full = (n // self.period) * self.period  # whole periods: no copy, no padding
+        if out is None:
+            out = torch.empty(4 * buckets + code_bytes, dtype=torch.uint8, device=v.device)
+        scale_buf = out[: 4 * buckets]
+        aligned = scale_buf.data_ptr() % 4 == 0
+        scales = scale_buf.view(torch.float32) if aligned else \
+            torch.empty(buckets, dtype=torch.float32, device=v.device)
+        body = out[4 * buckets:]
+        codes = []
+        if full:
+            direct = body[:full] if self.per_byte == 1 else None
+            sc, cd = self._codes(v[:full], dither, direct)
+            scales[: full // b].copy_(sc)
+            codes.append(cd)
+        if full < n:
+            rest = v[full:]
+            pad = (-rest.numel()) % b
+            if pad:
+                rest = torch.nn.functional.pad(rest, (0, pad))
+            sc, cd = self._codes(rest, dither)
+            scales[full // b:].copy_(sc)
+            codes.append(cd[: n - full])
+        if self.per_byte == 1:
+            if full < n:
+                body[full:].copy_(codes[-1])
         else:
-            gen = self._generator(v.device)
-        rnd = torch.rand(x.shape, generator=gen, device=v.device)
-        level = low + (rnd < (x - low)).to(x.dtype)
-        code = (torch.sign(vb) * level + self.levels).to(torch.uint8).reshape(-1)[:n]
-        packed = self._pack(code)
-        return torch.cat([scale.contiguous().view(torch.uint8), packed[:code_bytes]])
+            body.copy_(self._pack(torch.cat(codes) if len(codes) > 1 else codes[0]))
+        if not aligned:
+            scale_buf.copy_(scales.view(torch.uint8))
+        return out
 
     def decode(self, buf: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
         if n == 0:
             return torch.zeros(0, dtype=dtype, device=buf.device)
+        out = torch.empty(n, dtype=torch.float32, device=buf.device)
+        self.decode_into(buf, out, accumulate=False)
+        return out if dtype == torch.float32 else out.to(dtype)
+
+    def decode_into(self, buf: torch.Tensor, out: torch.Tensor, *, accumulate: bool = True
+                    ) -> torch.Tensor:
+        """Decode ``out.numel()`` values from ``buf`` into the float32 tensor ``out``
+        (``accumulate=True``: add them to it). Two passes over the values."""
+        n = out.numel()
+        if n == 0:
+            return out
         buckets, code_bytes = self._layout(n)
         scale = view_as(buf[: 4 * buckets], torch.float32)
+        step = scale / self.levels
         code = self._unpack(buf[4 * buckets: 4 * buckets + code_bytes], n)
-        level = code.to(torch.float32) - self.levels
-        per = torch.repeat_interleave(scale, self.bucket_size)[:n]
-        return (level / self.levels * per).to(dtype)
+        b = self.bucket_size
+        full = (n // b) * b
+        if full:  # value = (code - s) * step
+            nb = full // b
+            codef = _scratch(full, out.device).view(-1, b)
+            codef.copy_(code[:full].view(-1, b))
+            o = out[:full].view(-1, b)
+            if accumulate:
+                codef.sub_(self.levels)
+                o.addcmul_(codef, step[:nb, None])
+            else:
+                torch.addcmul((-self.levels * step[:nb])[:, None], codef, step[:nb, None], out=o)
+        if full < n:
+            tail = (code[full:].to(torch.float32) - self.levels) * step[-1]
+            if accumulate:
+                out[full:] += tail
+            else:
+                out[full:] = tail
+        return out
 
     def _pack(self, code: torch.Tensor) -> torch.Tensor:
         if self.per_byte == 1:
             return code
         k = self.per_byte
         pad = (-code.numel()) % k
-        c = torch.nn.functional.pad(code, (0, pad)).view(-1, k).to(torch.int32)
-        shifts = torch.arange(k, device=code.device, dtype=torch.int32) * self.bits
-        return (c << shifts).sum(dim=1).to(torch.uint8)
+        c = torch.nn.functional.pad(code, (0, pad)) if pad else code
+        c = c.view(-1, k)
+        out = c[:, 0].clone()
+        for j in range(1, k):  # k <= 4 whole-array passes
+            out |= c[:, j] << (j * self.bits)
+        return out
 
     def _unpack(self, packed: torch.Tensor, n: int) -> torch.Tensor:
         if self.per_byte == 1:
             return packed[:n]
         k = self.per_byte
-        shifts = torch.arange(k, device=packed.device, dtype=torch.int32) * self.bits
         mask = (1 << self.bits) - 1
-        return ((packed.to(torch.int32)[:, None] >> shifts) & mask).reshape(-1)[:n]
+        out = torch.empty(packed.numel(), k, dtype=torch.uint8, device=packed.device)
+        for j in range(k):
+            torch.bitwise_and(packed >> (j * self.bits), mask, out=out[:, j])
+        return out.view(-1)[:n]
 
 
 def get_codec(codec: str | ValueCodec | None) -> ValueCodec:
