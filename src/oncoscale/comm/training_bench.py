@@ -8,10 +8,11 @@ weights with each variant, on the same per-rank batches:
 ``plain_ddp``      PyTorch DDP, no hook (gloo allreduce; not counted by our backend)
 ``dense_hook``     :func:`~oncoscale.comm.ddp_comm_hook` without compression (dense
                    allreduce through our backend: the byte reference)
-``topk_ef``        ``TopK(0.01)`` per tensor-bucket + error feedback through
+``topk_ef``        ``TopK(0.01)`` of every DDP bucket + error feedback through
                    :func:`~oncoscale.comm.sparse_allreduce` (``auto``: int32 index + fp32 value)
-``topk_ef_packed`` ``TopK(0.01, bucket_size=200)`` + error feedback, packed allgather
-                   (1-byte bucket offset + fp32 value per entry)
+``topk_ef_packed`` the same selection, sent by one allgather of
+                   :class:`~oncoscale.comm.compress.BucketPacking` messages (1-byte offsets in
+                   255-entry buckets + per-bucket counts + fp32 values)
 ``topk_ef_packed_fp16`` as above with fp16 values (the rounding goes into the residual)
 
 Models: (a) the GDC autoencoder of :mod:`oncoscale.pipeline` (tied ``Autoencoder(genes,
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 VARIANTS = ("plain_ddp", "dense_hook", "topk_ef", "topk_ef_packed", "topk_ef_packed_fp16")
-BUCKET = 200  # TopK bucket for the packed variants: 2 of every 200 entries = 1 %
+COMPRESSED = ("topk_ef", "topk_ef_packed", "topk_ef_packed_fp16")
 
 
 # ------------------------------------------------------------------------------ data (driver)
@@ -124,10 +125,10 @@ def _hook_for(variant: str) -> Any:
     if variant == "topk_ef":
         return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True, algorithm="auto")
     if variant == "topk_ef_packed":
-        return C.ddp_comm_hook(compressor=TopK(0.01, bucket_size=BUCKET), error_feedback=True,
+        return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
                                algorithm="packed_allgather")
     if variant == "topk_ef_packed_fp16":
-        return C.ddp_comm_hook(compressor=TopK(0.01, bucket_size=BUCKET), error_feedback=True,
+        return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
                                algorithm="packed_allgather", codec="fp16")
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
@@ -306,6 +307,139 @@ def launch(nproc: int, worker_args: list[str], *, timeout: float = 1800) -> dict
             raise RuntimeError(f"training job failed (exit {proc.returncode}): "
                                f"{' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-4000:]}")
         return json.loads(out.read_text())
+
+
+# ------------------------------------------------------------------------------ driver
+SETTINGS = {  # model -> (steps full, steps quick, optimizer, lr, momentum)
+    "ae": (300, 120, "adam", 1e-3, 0.0),
+    "cnn": (600, 250, "sgd", 0.1, 0.0),
+}
+AE_TOL = 0.01  # goal: held-out MSE at most 1 % (relative) above dense
+CNN_TOL = 0.01  # goal: validation accuracy at most 1 point below dense
+BYTES_GOAL = 50.0
+
+
+def goals(job: dict[str, Any]) -> dict[str, Any]:
+    """Goal figures of one (model, p) job: metric vs dense (plain DDP), bytes vs the dense hook.
+
+    ``metric_gap``: AE: (MSE - dense MSE) / dense MSE; CNN: dense accuracy - accuracy.
+    ``bytes_ratio``: dense-hook bytes / variant bytes (both counted by our backend).
+    """
+    v = job["variants"]
+    ref = v.get("plain_ddp") or v["dense_hook"]
+    dense_bytes = v.get("dense_hook", {}).get("bytes_per_rank")
+    out: dict[str, Any] = {}
+    for name in COMPRESSED:
+        if name not in v:
+            continue
+        r = v[name]
+        if job["model"] == "ae":
+            gap = (r["heldout_mse"] - ref["heldout_mse"]) / ref["heldout_mse"]
+            metric_ok = gap <= AE_TOL
+        else:
+            gap = ref["val_accuracy"] - r["val_accuracy"]
+            metric_ok = gap <= CNN_TOL
+        ratio = dense_bytes / r["bytes_per_rank"] if dense_bytes and r["bytes_per_rank"] \
+            else None
+        out[name] = {"metric_gap": gap, "metric_ok": bool(metric_ok), "bytes_ratio": ratio,
+                     "bytes_ok": bool(ratio is not None and ratio >= BYTES_GOAL),
+                     "ms_per_step": r["ms_per_step"],
+                     "ms_per_step_plain": ref["ms_per_step"]}
+        out[name]["pass"] = out[name]["metric_ok"] and out[name]["bytes_ok"]
+    return out
+
+
+def format_table(jobs: list[dict[str, Any]]) -> str:
+    """One row per (model, p, variant)."""
+    head = (f"{'model':<5} {'p':>2} {'variant':<20} {'metric':>14} {'vs dense':>9} "
+            f"{'MB/rank':>9} {'dense/x':>8} {'ms/step':>8} {'sent':>6}")
+    lines = [head, "-" * len(head)]
+    for job in jobs:
+        g = goals(job)
+        for name, r in job["variants"].items():
+            if job["model"] == "ae":
+                metric = f"mse {r['heldout_mse']:.5f}"
+            else:
+                metric = f"acc {r['val_accuracy'] * 100:6.2f}%"
+            gap = g.get(name, {}).get("metric_gap")
+            gap_s = "" if gap is None else (f"{gap * 100:+.2f}%" if job["model"] == "ae"
+                                            else f"{-gap * 100:+.2f}pt")
+            mb = "n/a" if r["bytes_per_rank"] is None else f"{r['bytes_per_rank'] / 1e6:.3f}"
+            ratio = g.get(name, {}).get("bytes_ratio")
+            ratio_s = "" if ratio is None else f"{ratio:.1f}x"
+            sent = r.get("sent_fraction")
+            sent_s = "" if sent is None else f"{sent * 100:.2f}%"
+            lines.append(f"{job['model']:<5} {job['p']:>2} {name:<20} {metric:>14} {gap_s:>9} "
+                         f"{mb:>9} {ratio_s:>8} {r['ms_per_step']:8.2f} {sent_s:>6}")
+    return "\n".join(lines)
+
+
+def format_goals(jobs: list[dict[str, Any]]) -> str:
+    lines = [f"goals: metric within 1 % of dense (AE: relative held-out MSE; CNN: <= 1 point "
+             f"of validation accuracy), bytes >= {BYTES_GOAL:.0f}x fewer than the dense hook"]
+    for job in jobs:
+        for name, r in goals(job).items():
+            gap = (f"{r['metric_gap'] * 100:+.2f}% MSE" if job["model"] == "ae"
+                   else f"{-r['metric_gap'] * 100:+.2f} pt acc")
+            ratio = "n/a" if r["bytes_ratio"] is None else f"{r['bytes_ratio']:.1f}x"
+            lines.append(
+                f"  {job['model']:<3} p={job['p']} {name:<20} metric {gap:>14} "
+                f"[{'pass' if r['metric_ok'] else 'FAIL'}]  bytes {ratio:>7} "
+                f"[{'pass' if r['bytes_ok'] else 'FAIL'}]  {r['ms_per_step']:.1f} vs "
+                f"{r['ms_per_step_plain']:.1f} ms/step plain  -> "
+                f"{'PASS' if r['pass'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def _machine() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+            "loadavg_at_start": load}
+
+
+def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
+                  models: tuple[str, ...] = ("ae", "cnn"), variants: tuple[str, ...] = VARIANTS,
+                  steps: dict[str, int] | None = None, out: str | Path =
+                  "bench-out/comm_training.json", cache_dir: str | Path =
+                  "bench-out/comm_training_data", log: Any = print) -> dict[str, Any]:
+    """Prepare data, run every (model, world size) job, print the table and goals, write JSON."""
+    from oncoscale._io import atomic_write_text
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    result: dict[str, Any] = {"machine": _machine(), "quick": quick, "jobs": []}
+    data = {}
+    if "ae" in models:
+        data["ae"] = prepare_autoencoder_data(cache_dir, quick=quick)
+    if "cnn" in models:
+        data["cnn"] = prepare_patch_data(cache_dir, n=1600 if quick else 2400)
+    for model in models:
+        full, short, opt, lr, mom = SETTINGS[model]
+        n_steps = (steps or {}).get(model, short if quick else full)
+        for p in world_sizes:
+            t0 = time.perf_counter()
+            job = launch(p, ["--model", model, "--data", str(data[model]), "--steps",
+                             str(n_steps), "--opt", opt, "--lr", str(lr), "--momentum",
+                             str(mom), "--variants", *variants])
+            job["wall_s"] = time.perf_counter() - t0
+            job["goals"] = goals(job)
+            result["jobs"].append(job)
+            log(f"{model} p={p}: {n_steps} steps x {len(variants)} variants in "
+                f"{job['wall_s']:.0f} s")
+    result["wall_s"] = time.perf_counter() - t_start
+    result["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    log(format_table(result["jobs"]))
+    log(format_goals(result["jobs"]))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1))
+    log(f"wrote {out} ({result['wall_s']:.0f} s)")
+    return result
 
 
 if __name__ == "__main__":
