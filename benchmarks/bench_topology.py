@@ -296,12 +296,16 @@ def _latency_queries(cube, rng, count: int) -> list[dict]:
 
 
 def _library_call(cube, endpoint: str, q: dict):
-    """The cube calls one explorer endpoint makes (same as explorer/server.py)."""
+    """The cube calls one explorer endpoint makes (same as explorer/server.py, with its caps
+    on the spine and segment lists; the JSON encoding is only in the HTTP figures)."""
+    from oncoscale.topology.explorer import server
+
     p, brush = q["p"], q["brush"]
     if endpoint == "spine":
-        return cube.spine(p)
+        return cube.spine(p, server.SPINE_MAX_NODES, server.SPINE_MAX_LINKS)
     if endpoint == "segments":
-        return cube.segments(p)
+        segs = cube.segments(p)
+        return segs.nlargest(server.SEGMENTS_LIMIT, "count")
     leaves = cube.select(p, segment=q["sel"].get("seg"), maximum=q["sel"].get("max"))
     if endpoint == "hist":
         h = cube.hist1d(q["a"], p, leaves)

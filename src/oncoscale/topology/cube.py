@@ -1054,19 +1054,16 @@ class Cube:
                 lo, hi, sel = self._links_among(p, kind, self._checkpoint(p)[3][kind], kept)
                 totals_l[kind] = len(lo)
             if max_links is not None and len(lo) > max_links:
-                ids = np.unique(np.concatenate([lo, hi]))
-                ia, ib = np.searchsorted(ids, lo), np.searchsorted(ids, hi)
                 w = np.arange(1, len(lo) + 1, dtype=np.float64)  # links are best first
-                tree = minimum_spanning_tree(coo_matrix((w, (ia, ib)),
-                                                        shape=(len(ids), len(ids))))
+                K = kept.shape[0]
+                tree = minimum_spanning_tree(coo_matrix((w, (lo, hi)), shape=(K, K)))
                 in_tree = np.zeros(len(lo), dtype=bool)
                 in_tree[tree.tocoo().data.astype(np.int64) - 1] = True
-                rest = np.flatnonzero(~in_tree)
+                in_tree[np.flatnonzero(~in_tree)[: max(0, max_links - int(in_tree.sum()))]] = True
                 take = np.flatnonzero(in_tree)
-                take = np.sort(np.concatenate([take, rest[: max(0, max_links - len(take))]]))
                 lo, hi, sel = lo[take], hi[take], sel[take]
             nodes_out.append(nd)
-            links_out.append(self._links_frame(kind, lo, hi, sel))
+            links_out.append(self._links_frame(kind, kept[lo], kept[hi], sel))
         out = {"nodes": pd.concat(nodes_out, ignore_index=True),
                "links": pd.concat(links_out, ignore_index=True)}
         out["nodes"].attrs["total"] = totals_n
@@ -1075,7 +1072,8 @@ class Cube:
 
     def _links_among(self, p: float, kind: str, records, kept: np.ndarray):
         """`_reduce_links` restricted to pairs of regions whose extrema (at p) are both in
-        ``kept`` (extremum indices): a dense first-occurrence table over kept x kept."""
+        ``kept`` (sorted extremum indices): a dense first-occurrence table over kept x kept.
+        Returns the pairs as positions in ``kept``."""
         A, B, sel = records
         rep = self._reps(p, kind)
         K = kept.shape[0]
@@ -1093,7 +1091,7 @@ class Cube:
             first = np.sort(first[first < m])
         else:
             first = np.sort(np.unique(key, return_index=True)[1])
-        return kept[lo[first]], kept[hi[first]], sel[idx[first]]
+        return lo[first], hi[first], sel[idx[first]]  # lo, hi: positions in ``kept``
 
     def _base_links_among(self, kind: str, kept: np.ndarray):
         """Base-level saddle records whose two extrema are both in ``kept`` (the most

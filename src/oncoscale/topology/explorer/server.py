@@ -8,7 +8,8 @@ Routes (all GET):
 ``/api/meta``              axes, sizes, persistence levels
 ``/api/spine``             surviving extrema and saddle links at ``p``: at most ``nodes`` (default
                            1000) most persistent extrema and ``links`` (default 1000) links per
-                           kind (the spanning forest of the best saddles first), with totals
+                           kind (the spanning forest of the best saddles first), with totals;
+                           the columns the page draws (the library's spine has more)
 ``/api/segments``          Morse-Smale segments at ``p``: the ``limit`` (default 500) largest,
                            largest first, and the total number
 ``/api/hist``              1-D histogram of ``axis`` for a selection, optionally brushed
@@ -50,6 +51,13 @@ _ALLOWED = {
     "/api/hist2d": ("a", "b", "bins", *_SELECTION),
     "/api/pcoords": ("bins", *_SELECTION),
 }
+# capped views the page can draw (the totals of the level are sent with them)
+SPINE_MAX_NODES = 1000  # per kind: the most persistent extrema
+SPINE_MAX_LINKS = 1000  # per kind: the spanning forest of the best saddles first
+SEGMENTS_LIMIT = 500  # the largest segments
+# the spine columns the page uses (the library's spine has saddle ids and pc2 as well)
+_NODE_COLUMNS = ("extremum", "kind", "value", "persistence", "volume", "pc1")
+_LINK_COLUMNS = ("kind", "a", "b", "value", "pc1")
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -216,9 +224,9 @@ class Params:
         return tuple(out)
 
 
-def _columns(df) -> dict[str, list]:
+def _columns(df, columns=None) -> dict[str, list]:
     """A DataFrame as {column: list} (numpy's tolist: much faster than DataFrame.to_dict)."""
-    return {c: df[c].to_numpy().tolist() for c in df.columns}
+    return {c: df[c].to_numpy().tolist() for c in (df.columns if columns is None else columns)}
 
 
 def _levels(cube, limit: int = 2000) -> list[float]:
@@ -289,16 +297,17 @@ def create_app(cube_path: str | Path, cache_bytes: int = 64 * 2**20):
         }
 
     def spine(q: Params) -> dict:
-        sp = cube.spine(q.persistence(), max_nodes=q.int("nodes", 1, 10**7, 1000),
-                        max_links=q.int("links", 1, 10**7, 1000))
+        sp = cube.spine(q.persistence(), max_nodes=q.int("nodes", 1, 10**7, SPINE_MAX_NODES),
+                        max_links=q.int("links", 1, 10**7, SPINE_MAX_LINKS))
         nodes = sp["nodes"]
         nodes["persistence"] = nodes["persistence"].replace([np.inf], -1.0)
-        return {"nodes": _columns(nodes), "links": _columns(sp["links"]),
+        return {"nodes": _columns(nodes, _NODE_COLUMNS),
+                "links": _columns(sp["links"], _LINK_COLUMNS),
                 "total": {"nodes": nodes.attrs["total"], "links": sp["links"].attrs["total"]}}
 
     def segments(q: Params) -> dict:
         segs = cube.segments(q.persistence())
-        limit = q.int("limit", 1, 10**7, 500)
+        limit = q.int("limit", 1, 10**7, SEGMENTS_LIMIT)
         total = len(segs)
         cnt = segs["count"].to_numpy()
         top = np.argpartition(-cnt, limit - 1)[:limit] if total > limit else np.arange(total)
