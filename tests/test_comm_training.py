@@ -24,6 +24,7 @@ from oncoscale.comm.compress import (
     BucketPacking,
     ErrorFeedback,
     GradientCompression,
+    LocalAdam,
     Round,
     TopK,
 )
@@ -152,6 +153,27 @@ def test_bucket_packing_errors_and_sizes() -> None:
         GradientCompression(None, algorithm="packed_allgather")
     with pytest.raises(ConfigurationError, match="fp32, fp16 or bf16"):
         GradientCompression(TopK(0.01), algorithm="packed_allgather", codec="qsgd8")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 8), st.integers(0, 10**6),
+       st.sampled_from([1e-3, 1.0, 100.0]))
+def test_local_adam_is_torch_adams_direction(n: int, steps: int, seed: int, scale: float
+                                             ) -> None:
+    """Uncompressed, SGD(lr) on LocalAdam's direction = torch.optim.Adam(lr)."""
+    gen = torch.Generator().manual_seed(seed)
+    w_ref = torch.nn.Parameter(torch.randn(n, generator=gen))
+    w = w_ref.detach().clone()
+    opt = torch.optim.Adam([w_ref], lr=0.01)
+    la = LocalAdam()
+    for _ in range(steps):
+        g = torch.randn(n, generator=gen) * scale
+        w_ref.grad = g.clone()
+        opt.step()
+        w -= 0.01 * la.direction("b", g)
+    assert torch.allclose(w, w_ref.detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="LocalAdam state"):
+        la.direction("b", torch.zeros(n + 1))
 
 
 # ----------------------------------------------------------------------------- 2 ranks

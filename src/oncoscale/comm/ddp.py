@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from oncoscale.comm.compress import Compressor, GradientCompression
+from oncoscale.comm.compress import Compressor, GradientCompression, LocalAdam
 from oncoscale.comm.world import Group, default_world
 
 
@@ -24,14 +24,17 @@ class DDPCompressionState:
     """State of :func:`ddp_comm_hook`: compressor, error-feedback memory per bucket, counters.
 
     ``sent_entries`` / ``dense_entries`` count the gradient entries sent vs. a dense sync.
+    ``local_adam``: a :class:`~oncoscale.comm.compress.LocalAdam` whose direction is
+    compressed instead of the raw gradient (then train with ``torch.optim.SGD(lr=adam_lr)``).
     """
 
     def __init__(self, compressor: Compressor | None = None, *, error_feedback: bool = True,
                  algorithm: str = "auto", group: Group | None = None,
-                 codec: str | None = None) -> None:
+                 codec: str | None = None, local_adam: LocalAdam | None = None) -> None:
         self.group = group if group is not None else default_world()
         self.sync = GradientCompression(compressor, error_feedback=error_feedback,
                                         algorithm=algorithm, group=self.group, codec=codec)
+        self.local_adam = local_adam
 
         self._layout: dict[int, tuple[int, ...]] = {}
 
@@ -47,6 +50,8 @@ class DDPCompressionState:
         if old != layout:
             if old is not None:
                 self.sync.feedback.memory.pop((index, old), None)
+                if self.local_adam is not None:
+                    self.local_adam.state.pop((index, old), None)
             self._layout[index] = layout
         return (index, layout)
 
@@ -66,7 +71,11 @@ def _make_hook(default: DDPCompressionState) -> Any:
         st = state if isinstance(state, DDPCompressionState) else default
         buf = bucket.buffer()
         fut = torch.futures.Future()
-        work = st.sync.reduce(st.bucket_key(bucket), buf.detach(), async_op=True)
+        key = st.bucket_key(bucket)
+        grad = buf.detach()
+        if st.local_adam is not None:
+            grad = st.local_adam.direction(key, grad)
+        work = st.sync.reduce(key, grad, async_op=True)
 
         def done(f: Any) -> None:
             try:
@@ -86,7 +95,7 @@ def _make_hook(default: DDPCompressionState) -> Any:
 
 def ddp_comm_hook(compressor: Compressor | None = None, error_feedback: bool = True, *,
                   algorithm: str = "auto", group: Group | None = None,
-                  codec: str | None = None,
+                  codec: str | None = None, local_adam: LocalAdam | None = None,
                   state: DDPCompressionState | None = None) -> Callable[..., Any]:
     """Build a DDP comm hook; register it with ``model.register_comm_hook(hook.state, hook)``.
 
@@ -98,10 +107,14 @@ def ddp_comm_hook(compressor: Compressor | None = None, error_feedback: bool = T
     ``error_feedback``: keep residuals per bucket. ``codec``: wire format of the values
     (e.g. ``"fp16"``) unless the compressor names one. Returns
     ``hook(state, bucket) -> Future[Tensor]`` with the state at ``hook.state``.
-    ``state``: reuse an existing :class:`DDPCompressionState`.
+    ``local_adam``: compress Adam's direction computed from each rank's own gradient
+    (:class:`~oncoscale.comm.compress.LocalAdam`) and train with plain SGD at Adam's
+    learning rate: TopK + error feedback with Adam otherwise slows training by about the
+    compression ratio. ``state``: reuse an existing :class:`DDPCompressionState`.
     Call it on every rank (it may create the world's communication channel: collective).
     """
     if state is None:
         state = DDPCompressionState(compressor, error_feedback=error_feedback,
-                                    algorithm=algorithm, group=group, codec=codec)
+                                    algorithm=algorithm, group=group, codec=codec,
+                                    local_adam=local_adam)
     return _make_hook(state)

@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-VARIANTS = ("plain_ddp", "dense_hook", "topk_ef", "topk_ef_packed", "topk_ef_packed_fp16")
-COMPRESSED = ("topk_ef", "topk_ef_packed", "topk_ef_packed_fp16")
+VARIANTS = ("plain_ddp", "dense_hook", "topk_ef", "topk_ef_packed", "topk_ef_packed_fp16",
+            "topk_ef_packed_fp16_ladam")
+COMPRESSED = ("topk_ef", "topk_ef_packed", "topk_ef_packed_fp16", "topk_ef_packed_fp16_ladam")
 
 
 # ------------------------------------------------------------------------------ data (driver)
@@ -130,6 +131,12 @@ def _hook_for(variant: str) -> Any:
     if variant == "topk_ef_packed_fp16":
         return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
                                algorithm="packed_allgather", codec="fp16")
+    if variant == "topk_ef_packed_fp16_ladam":
+        from oncoscale.comm.compress import LocalAdam
+
+        return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
+                               algorithm="packed_allgather", codec="fp16",
+                               local_adam=LocalAdam())
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
@@ -215,7 +222,10 @@ def _train_variant(task: _Task, world: Any, variant: str, steps: int, eval_every
     hook = _hook_for(variant)
     if hook is not None:
         ddp.register_comm_hook(hook.state, hook)
-    opt = task.optimizer(ddp.parameters())
+    if variant.endswith("_ladam"):  # Adam's direction comes from the hook: apply it with SGD
+        opt = torch.optim.SGD(ddp.parameters(), lr=task.lr)
+    else:
+        opt = task.optimizer(ddp.parameters())
     curve: list[tuple[int, float]] = []
     world.barrier()
     world.stats.reset()
