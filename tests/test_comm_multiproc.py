@@ -245,9 +245,9 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
 
     world.barrier()
     # ---- bad input: the same clear error on every rank, and the world still works --------
-    def expect_error(vec: C.SparseVector, kind: type, words: str) -> None:
+    def expect_error(vec: C.SparseVector, kind: type, words: str, alg: str = "auto") -> None:
         try:
-            C.sparse_allreduce(vec)
+            C.sparse_allreduce(vec, alg)
             check(False, f"bad input ({words}) did not raise")
         except kind as exc:
             check(words in str(exc), f"bad input message lacks {words!r}: {exc}")
@@ -264,6 +264,28 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
     mixed = C.SparseVector([1], torch.ones(1, dtype=torch.float64 if rank == last
                                             else torch.float32), 10)
     expect_error(mixed, InputError, "dtypes differ")
+    # the same errors when the header carries no message (explicit algorithm, big vector)
+    big_nan = C.SparseVector(None, torch.full((50_000,), float("nan") if rank == last
+                                              else 1.0), 50_000)
+    expect_error(big_nan, InputError, "NaN", "recursive_doubling")
+    expect_error(bad_idx, InputError, "out of range", "dsar")
+    expect_error(C.SparseVector([0], [1.0], 10 + (rank == last)), InputError, "sizes differ",
+                 "split_allgather")
+    # small inputs under auto: one header exchange carries every message (eager), a large
+    # one next does not, and both give the dense sum
+    for n_eager, want in ((1000, True), (400_000, False), (1000, True)):
+        v = C.SparseVector(torch.arange(rank, n_eager, 7), torch.ones(len(range(rank,
+                                                                                n_eager, 7))),
+                           n_eager) if n_eager < 10_000 else \
+            C.SparseVector(None, torch.ones(n_eager), n_eager)
+        C.sparse_allreduce(v)  # the capacity follows the previous calls
+        res = C.sparse_allreduce(v)
+        ref = v.to_dense().clone()
+        world.allreduce(ref)
+        check(bool(torch.allclose(res.to_dense(), ref)), f"eager sequence n={n_eager}")
+        if size > 1:
+            eager = bool(world.cache.get(("last_eager", world.ranks)))
+            check(eager == want, f"eager path for n={n_eager}: {eager}, expected {want}")
     try:
         C.sparse_allreduce(C.SparseVector([0], [1.0], 4),
                            algorithm="dsar" if rank == last else "split_allgather")

@@ -19,11 +19,18 @@ Algorithms of :func:`sparse_allreduce` (p ranks, vector of n entries, k non-zero
 ``allgather``
     the naive approach: allgather every (index, value) stream and sum locally.
 ``auto``
-    the fastest by the calibrated alpha-beta model (:mod:`oncoscale.comm.costmodel`);
-    every rank makes the same choice from the agreed header.
+    the eager allgather when every message fits the header, else the fastest by the
+    calibrated alpha-beta model (:mod:`oncoscale.comm.costmodel`) among the three
+    algorithms, the engine's dense allreduce and the allgather (QSGD values: recursive
+    doubling or allgather); every rank makes the same choice from the agreed header.
 
-Every call first allgathers a small header (size, dtype, nnz, validity flags, algorithm,
-codec, op), so bad input on any rank raises the same clear error on every rank.
+Every call starts with one fixed-size header exchange (an allgather; a point-to-point swap
+on two ranks) of size, dtype, nnz, validity flags (NaN/inf, indices out of range or
+unsorted, malformed payload), algorithm, codec and op, so bad input on any rank raises the
+same clear error on every rank. Under ``"auto"`` and ``"allgather"`` the header also carries
+each rank's whole message when it fits a capacity agreed from the group's recent calls
+(at most 128 KiB per rank, 1 MiB in all): when every rank's fits, that one exchange is the
+whole collective (small, latency-bound calls; ``last_algorithm`` then says ``"allgather"``).
 All operations run on the world's communication thread, on a duplicate of the group's
 channel, in call order; ``async_op=True`` returns a :class:`~oncoscale.comm.Work` handle.
 """
