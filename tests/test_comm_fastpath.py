@@ -94,8 +94,14 @@ def test_eager_capacity_follows_agreed_history() -> None:
     g.world.cache[("eager", g.ranks)] = [10**7]  # too big to go eager: header only
     assert _eager_cap(g) == 0
     g8 = _FakeGroup(8)
-    g8.world.cache[("eager", g8.ranks)] = [200_000, 120_000]  # capped at 1 MiB / 8
-    assert _eager_cap(g8) == 120_064  # 200 000 > 1 MiB / 8 does not count
+    g8.world.cache[("eager", g8.ranks)] = [120_000, 120_000]  # capped at 1 MiB / 8
+    assert _eager_cap(g8) == 120_064
+    # half the calls would not fit (200 000 > 1 MiB / 8): 7 x 120 kB per call for them is
+    # more than the latency the others save, so no capacity
+    g8.world.cache[("eager", g8.ranks)] = [200_000, 120_000]
+    assert _eager_cap(g8) == 0
+    g.world.cache[("eager", g.ranks)] = [90_000, 2000, 2000, 2000]  # mostly small: keep
+    assert _eager_cap(g) == 90_112
 
 
 @settings(max_examples=40, deadline=None)

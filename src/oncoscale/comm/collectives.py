@@ -451,7 +451,18 @@ def _eager_cap(g: Group) -> int:
         return _EAGER_DEFAULT
     limit = min(_EAGER_MAX, _EAGER_TOTAL // g.size)
     fits = [x for x in hist if 0 < x <= limit]
-    return -(-max(fits) // 256) * 256 if fits else 0
+    if not fits:
+        return 0
+    cap = -(-max(fits) // 256) * 256
+    # calls that do not fit still carry the capacity: keep it only while the latency it
+    # saves the fitting calls outweighs the bytes it costs the others (agreed cost model if
+    # this group has one, else typical loopback figures)
+    model = g.world.cache.get(("costmodel", g.ranks))
+    alpha, beta = (model.alpha_ag, model.beta_ag) if model is not None else (1e-4, 1e-9)
+    hit = len(fits) / len(hist)
+    if (1 - hit) * (g.size - 1) * cap * beta > hit * alpha:
+        return 0
+    return cap
 
 
 def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,

@@ -275,6 +275,9 @@ class QSGDCodec(ValueCodec):
         return out.view(-1)[:n]
 
 
+_NAMED: dict[str, ValueCodec] = {}
+
+
 def get_codec(codec: str | ValueCodec | None) -> ValueCodec:
     """``None``/``"native"``, ``"fp16"``, ``"bf16"``, ``"qsgd8"``/``"qsgd4"``/``"qsgd2"``,
     or a :class:`ValueCodec` instance."""
@@ -287,7 +290,11 @@ def get_codec(codec: str | ValueCodec | None) -> ValueCodec:
     if codec in ("bf16", "bfloat16"):
         return CastCodec(torch.bfloat16)
     if isinstance(codec, str) and codec.startswith("qsgd") and codec[4:].isdigit():
-        return QSGDCodec(int(codec[4:]))
+        # one instance per name: its dither table and random state are built once
+        named = _NAMED.get(codec)
+        if named is None:
+            named = _NAMED[codec] = QSGDCodec(int(codec[4:]))
+        return named
     raise ConfigurationError(
         f"codec must be None, 'fp16', 'bf16', 'qsgd2', 'qsgd4', 'qsgd8' or a ValueCodec, "
         f"found {codec!r}")
