@@ -46,11 +46,13 @@ def run(
     try:
         cfg = load_config(config)
         rd = run_dir if run_dir is not None else Path(cfg.base_dir) / "nas-run"
-        Search(cfg, rd, progress=progress).run(resume=resume)
+        search = Search(cfg, rd, progress=progress).run(resume=resume)
     except OncoscaleError as exc:
         _fail(exc)
         return
-    _print_front(rd)
+    world = getattr(search, "_world", None)
+    if world is None or world.rank == 0:  # comm worker ranks have nothing to show
+        _print_front(rd)
 
 
 @nas_app.command("report")

@@ -27,7 +27,8 @@ Example (every key optional except ``data.source``)::
     steps = 0                 # 0: no step limit
     seconds = 30.0            # 0: no time limit on training
     timeout_s = 180.0         # hard limit on one evaluation -> status failed (timeout)
-    max_memory_mb = 2048
+    max_memory_mb = 2048      # per candidate: estimate checked first; worker processes whose
+                              # memory grows past it are killed (status failed)
     max_params = 2000000
 
     [latency]
@@ -39,7 +40,8 @@ Example (every key optional except ``data.source``)::
     [workers]
     n = 2                     # worker processes (0: evaluate in this process)
     threads = 1               # torch threads per worker
-    transport = "process"     # "process", "inline" or "comm" (an oncoscale.comm world)
+    transport = "process"     # "process", "inline" or "comm" (an oncoscale.comm world:
+                              # a dead or silent rank's candidate is re-queued)
     device = "cpu"            # training device: "cpu", "cuda" or "auto"
 
     [space]                   # see oncoscale.nas.genome.SearchSpace

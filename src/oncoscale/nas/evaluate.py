@@ -29,8 +29,11 @@ class Budget:
     (training wall time) are soft limits. ``timeout_s`` is the hard limit on the whole
     evaluation (training + scoring + latency): a candidate past it is recorded as failed
     (the master also kills a worker that overruns it by more than ``grace_s``).
-    ``max_memory_mb`` bounds the estimated training memory (weights, gradients, optimiser
-    state, activations); ``max_params`` bounds the parameter count (rejected when exceeded).
+    ``max_memory_mb`` bounds the training memory of a candidate (weights, gradients,
+    optimiser state, activations): a candidate whose estimate exceeds it fails before
+    training, and under :class:`~oncoscale.nas.workers.ProcessPool` a worker whose resident
+    memory grows by more than this during a candidate is killed (failed, "memory budget
+    exceeded"). ``max_params`` bounds the parameter count (rejected when exceeded).
     """
 
     epochs: float | None = 2.0

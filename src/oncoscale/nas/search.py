@@ -322,7 +322,11 @@ class Search:
         """Run until ``[search] evaluations`` candidates have a result; returns ``self``.
 
         With ``[workers] transport = "comm"`` every rank of the ``oncoscale.comm`` world calls
-        this: rank 0 runs the search, the other ranks serve evaluations until it ends.
+        this: rank 0 runs the search, the other ranks serve evaluations until it ends. A rank
+        that dies has its candidate re-queued on a live rank (``[search] max_requeue`` times);
+        when no worker is left a :class:`~oncoscale.errors.CommunicationError` says so (the
+        checkpoint holds everything finished). Under ``torchrun --max-restarts`` a restarted
+        job resumes from the checkpoint by itself.
         """
         self._world = None
         if self.config.workers.transport == "comm" and self.pool_factory is None:
