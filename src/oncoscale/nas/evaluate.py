@@ -271,7 +271,7 @@ class Evaluator:
         res = EvalResult(STATUS_FAILED, params=info.params, repairs=list(info.repairs))
         bs = int(genome.train.batch_size)
         mem_mb = (info.params * 4 * 4 + activation_bytes(info, bs)) / 2**20
-        if mem_mb > budget.max_memory_mb:
+        if budget.max_memory_mb and mem_mb > budget.max_memory_mb:  # 0: no limit
             res.reason = (f"memory: estimated {mem_mb:.0f} MiB for training exceeds the "
                           f"budget of {budget.max_memory_mb:.0f} MiB")
             return res
