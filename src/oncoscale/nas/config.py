@@ -27,7 +27,7 @@ Example (every key optional except ``data.source``)::
     steps = 0                 # 0: no step limit
     seconds = 30.0            # 0: no time limit on training
     timeout_s = 180.0         # hard limit on one evaluation -> status failed (timeout)
-    max_memory_mb = 2048      # per candidate: estimate checked first; worker processes whose
+    max_memory_mb = 2048      # per candidate (0: none): estimate checked first; workers whose
                               # memory grows past it are killed (status failed)
     max_params = 2000000
 
