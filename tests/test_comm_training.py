@@ -149,6 +149,12 @@ def test_bucket_packing_errors_and_sizes() -> None:
     n, k = 1_000_000, 10_000
     assert BucketPacking().nbytes(n, k) / k < 5.4
     assert BucketPacking(torch.float16).nbytes(n, k) / k < 3.4
+    # fp16 values on the wire: the rounding is part of what error feedback remembers
+    gc = GradientCompression(TopK(0.5), codec="fp16")
+    sent = gc.feedback.compress("b", torch.tensor([1.0001, 3.0001, -2.0, 0.5]))
+    assert torch.equal(sent.values, torch.tensor([3.0001, -2.0]).half().float())
+    x = torch.tensor(3.0001)
+    assert gc.feedback.memory["b"][1] == x - x.half().float() != 0
     with pytest.raises(ConfigurationError, match="sparsifying"):
         GradientCompression(None, algorithm="packed_allgather")
     with pytest.raises(ConfigurationError, match="fp32, fp16 or bf16"):

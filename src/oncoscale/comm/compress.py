@@ -318,10 +318,11 @@ class LocalAdam:
     with plain SGD at Adam's learning rate.
 
     Why: Adam normalises every coordinate, so a sparse gradient that reaches a coordinate
-    once every ~1/ratio steps (TopK + error feedback) moves it by about one learning rate
-    instead of 1/ratio of them: training slows by that factor. Compressing the direction
-    instead keeps error feedback's guarantee (the sum of what is sent tracks the sum of the
-    dense directions), so the run follows dense Adam closely.
+    once every ~1/ratio steps (TopK + error feedback) moves it by a few learning rates
+    instead of ~1/ratio of them. Compressing the direction instead keeps error feedback's
+    guarantee (the sum of what is sent tracks the sum of the dense directions). Measured on
+    the GDC autoencoder at TopK 1 %: the held-out MSE gap to dense Adam after 300 steps
+    shrinks from about +28 % to +19 % (p=2); it does not close (see bench_comm_training).
     """
 
     def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
@@ -361,10 +362,10 @@ class GradientCompression:
     :class:`BucketPacking` message (1-byte offsets in 256-entry buckets, fp32 values, or
     fp16/bf16 with ``codec="fp16"``/``"bf16"``) in one allgather over the group (allgatherv
     when the compressor's selection size varies), then each rank sums the p selections.
-    With a half codec the rounding is part of the compressor (``| Round``), so error
-    feedback keeps it. Bytes per rank: ``(p - 1) * BucketPacking.nbytes(n, k)``: no fill-in,
-    whatever the overlap of the selections (the union recursive doubling carries doubles
-    every round).
+    With a half codec (any algorithm, sparsifying compressor) the rounding is part of the
+    compressor (``| Round``), so error feedback keeps it. Bytes per rank of the packed
+    allgather: ``(p - 1) * BucketPacking.nbytes(n, k)``: no fill-in, whatever the overlap
+    of the selections (the union recursive doubling carries doubles every round).
     """
 
     def __init__(self, compressor: Compressor | None = None, *, error_feedback: bool = True,
@@ -385,6 +386,10 @@ class GradientCompression:
             self.fixed = _fixed_nnz(self.compressor)
             if self.codec is not None:
                 self.compressor = self.compressor | Round(self.codec)
+        elif self.codec in ("fp16", "bf16") and not isinstance(self.compressor, NoCompression):
+            # this rank's rounding goes into the residual (collectives may round partial sums
+            # again on the way; that part error feedback cannot see)
+            self.compressor = self.compressor | Round(self.codec)
         self.feedback = ErrorFeedback(self.compressor, error_feedback)
         self.algorithm = algorithm
         self.group = group
