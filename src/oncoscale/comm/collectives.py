@@ -77,10 +77,10 @@ _FIXED = 10  # fixed columns of the agreement header (then p per-range counts)
 # complete after that one allgather (small, latency-bound calls). ``cap`` is a pure function
 # of the agreed history of the group (identical on every rank, whatever the local input).
 _EAGER_ALGOS = ("auto", "allgather")
-_EAGER_DEFAULT = 2048  # bytes, before any history
+_EAGER_DEFAULT = 0  # bytes before any history: explicit algorithms never pay for it
 _EAGER_MAX = 128 * 1024  # bytes per rank
 _EAGER_TOTAL = 1 << 20  # bytes gathered in all (p * cap)
-_EAGER_WINDOW = 4  # calls of history
+_EAGER_WINDOW = 8  # calls of history
 _EAGER_CODES = {_ALGO_CODE[a] for a in _EAGER_ALGOS}
 
 # -- local helpers ---------------------------------------------------------------------------
@@ -504,11 +504,11 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
     gathered = _gather_fixed(g, buf)
     rows = torch.stack([x[:hb] for x in gathered]).view(torch.int64).tolist()
     # the capacity history: every rank records the same numbers (before any error is
-    # raised); only calls that can go eager (auto, allgather) count
-    if len({row[6] for row in rows}) == 1 and rows[0][6] in _EAGER_CODES:
-        hist = g.world.cache.get(("eager", g.ranks), [])
-        top = max(row[8] for row in rows)
-        g.world.cache[("eager", g.ranks)] = ([*hist, top])[-_EAGER_WINDOW:]
+    # raised); a call that cannot go eager (explicit algorithm) counts as a miss (0)
+    can = len({row[6] for row in rows}) == 1 and rows[0][6] in _EAGER_CODES
+    hist = g.world.cache.get(("eager", g.ranks), [])
+    top = max(row[8] for row in rows) if can else 0
+    g.world.cache[("eager", g.ranks)] = ([*hist, top])[-_EAGER_WINDOW:]
 
     def table(col: int) -> str:
         return ", ".join(f"rank {g.ranks[i]}: {row[col]}" for i, row in enumerate(rows))
@@ -620,8 +620,8 @@ def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | 
         eager = g.size > 1 and algorithm in _EAGER_ALGOS
         rows, parts, mine = _agree(
             g, vec, "sparse_allreduce", algorithm, op, c,
-            payload=(lambda: _encode(converted(), c, _seed(seed, 0, g.rank))) if eager
-            else None,
+            payload=(lambda: _encode(converted(), c, _seed(seed, 0, g.rank), not c.lossy))
+            if eager else None,
             payload_bytes=lambda: _msg_bytes(vec.nnz, vec.size, vec.is_dense, c, acc))
         cur = converted()
         if g.size == 1:
