@@ -377,6 +377,8 @@ def latency(cube_path, queries, results):
         port = sock.getsockname()[1]
     code = ("from oncoscale.topology.explorer import serve; "
             f"serve({str(cube_path)!r}, host='127.0.0.1', port={port})")
+    with Cube(cube_path) as probe:
+        http_q = _latency_queries(probe, np.random.default_rng(1), queries)
     t = time.perf_counter()
     server = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     try:
@@ -393,8 +395,15 @@ def latency(cube_path, queries, results):
         info["server_start_s"] = time.perf_counter() - t
 
         def get(url: str) -> None:
-            conn.request("GET", url)
-            r = conn.getresponse()
+            nonlocal conn
+            try:
+                conn.request("GET", url)
+                r = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionError):  # idle keep-alive
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn.request("GET", url)
+                r = conn.getresponse()
             r.read()
             if r.status != 200:
                 raise RuntimeError(f"{url}: HTTP {r.status}")
@@ -402,8 +411,6 @@ def latency(cube_path, queries, results):
         for ep in endpoints:
             times[f"http {ep}"] = []
         refresh = []
-        with Cube(cube_path) as probe:
-            http_q = _latency_queries(probe, np.random.default_rng(1), queries)
         for q in http_q:
             t0 = time.perf_counter()
             for ep in endpoints:

@@ -438,8 +438,6 @@ class Cube:
 
     def warm(self) -> Cube:
         """Load what the first queries would otherwise load (the whole-data histograms)."""
-        import scipy.sparse.csgraph  # noqa: F401 - used by capped spine views
-
         if self._codes is not None:
             self._whole_tables()
         for kind in ("max", "min"):  # the persistence ranks of the base-level spine view
@@ -513,7 +511,7 @@ class Cube:
                              "unknown extremum", path=self.path)
         return at
 
-    _CHECKPOINT_FACTOR = 2  # extrema per checkpoint shrink by this factor ...
+    _CHECKPOINT_FACTOR = 1.5  # extrema per checkpoint shrink by this factor ...
     _CHECKPOINT_MIN = 64  # ... down to this many
 
     def _build_hierarchy(self) -> None:
@@ -546,7 +544,7 @@ class Cube:
             seg, remap = self._reduce_segments(prev[1], p)
             links = {k: self._reduce_links(prev[3][k], p, k) for k in ("max", "min")}
             self._checkpoints.append((p, seg, remap[prev[2]], links))
-            target //= self._CHECKPOINT_FACTOR
+            target = int(target / self._CHECKPOINT_FACTOR)
         self._checkpoint_levels = np.array([c[0] for c in self._checkpoints])
         self._base_link_count = {k: len(links0[k][0]) for k in ("max", "min")}
         self._base_rank: dict = {}
@@ -676,11 +674,11 @@ class Cube:
     # its base (all samples, or the brushed ones) is counted as base minus the complement,
     # so no query counts more than half of the samples. Base histograms (whole data, brushed
     # or not) come from the stored whole-data tables where they can, else one pass, cached.
-    _CACHE_ITEMS = 48
+    _CACHE_ITEMS = 64  # entries of up to ~2n bytes (pair codes) or a few MB (views)
 
-    def _remember(self, cache: dict, key, value):
+    def _remember(self, cache: dict, key, value, limit: int | None = None):
         with self._lock:  # server threads share the caches
-            while len(cache) >= self._CACHE_ITEMS:
+            while len(cache) >= (limit or self._CACHE_ITEMS):
                 cache.pop(next(iter(cache)))
             cache[key] = value
         return value
@@ -786,10 +784,10 @@ class Cube:
             inside, total = sel & bm, int(np.count_nonzero(bm))
         if np.count_nonzero(inside) > total // 2:
             np.logical_not(sel, out=sel)
-            plan = (True, np.flatnonzero(sel if br is None else sel & bm))
+            plan = (True, np.flatnonzero(sel if br is None else sel & bm).astype(np.int32))
         else:
-            plan = (False, np.flatnonzero(inside))
-        self._remember(self._rows_cache, key, (leaves, plan))
+            plan = (False, np.flatnonzero(inside).astype(np.int32))
+        self._remember(self._rows_cache, key, (leaves, plan), limit=16)
         return plan
 
     def _fast_hist(self, pairs: list[tuple[int, ...]], leaves, br, res: int) -> list:
@@ -800,6 +798,11 @@ class Cube:
         cols: dict[int, np.ndarray] = {}
         out = []
         for axes in pairs:
+            if len(axes) == 2 and res * res <= 65536:  # one gather of a cached pair code
+                h = np.bincount(self._pair_codes(axes[0], axes[1], res)[rows],
+                                minlength=res * res).reshape(res, res)
+                out.append(self._base_hist(br, axes, res) - h if complement else h)
+                continue
             code = None
             for a in axes:
                 if a not in cols:
@@ -809,6 +812,19 @@ class Cube:
             h = np.bincount(code, minlength=res ** len(axes)).reshape((res,) * len(axes))
             out.append(self._base_hist(br, axes, res) - h if complement else h)
         return out
+
+    def _pair_codes(self, a: int, b: int, res: int) -> np.ndarray:
+        """(n,) uint16 joint bin of axes a, b at resolution ``res`` (cached, bounded)."""
+        key = ("pair", a, b, res)
+        hit = self._hist_cache.get(key)
+        if hit is None:
+            step = self.bins // res
+            ca, cb = self._codes[a], self._codes[b]
+            if step > 1:
+                ca, cb = ca // step, cb // step
+            code = ca.astype(np.uint16) * np.uint16(res) + cb
+            hit = self._remember(self._hist_cache, key, code.astype(np.uint16, copy=False))
+        return hit
 
     def brushable(self, a: int, b: int | None, brush_axis: int) -> bool:
         """Whether a histogram of axes a (and b) can honour a brush on ``brush_axis``."""
@@ -1008,9 +1024,9 @@ class Cube:
 
         ``max_nodes`` / ``max_links`` (per kind; None = all) give a drawable view of a level
         with thousands of extrema: the ``max_nodes`` most persistent extrema of each kind,
-        and of the links among them first the spanning forest of the best saddles (the merge
-        tree's links: every kept extremum stays connected to its component), then the other
-        links best first, up to ``max_links``. The totals before capping are in
+        and of the links among them first every kept extremum's best link (its highest
+        saddle for maxima, lowest for minima), then the other links best first, up to
+        ``max_links``. The totals before capping are in
         ``nodes.attrs["total"]`` / ``links.attrs["total"]`` (per kind; the links total is
         None where nodes were capped above the base level: counting them would cost the full
         reduction).
@@ -1029,9 +1045,6 @@ class Cube:
         hit = self._hist_cache.get(key)
         if hit is not None:
             return hit
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import minimum_spanning_tree
-
         nodes_out, links_out = [], []
         totals_n, totals_l = {}, {}
         for kind in ("max", "min"):
@@ -1054,13 +1067,15 @@ class Cube:
                 lo, hi, sel = self._links_among(p, kind, self._checkpoint(p)[3][kind], kept)
                 totals_l[kind] = len(lo)
             if max_links is not None and len(lo) > max_links:
-                w = np.arange(1, len(lo) + 1, dtype=np.float64)  # links are best first
-                K = kept.shape[0]
-                tree = minimum_spanning_tree(coo_matrix((w, (lo, hi)), shape=(K, K)))
-                in_tree = np.zeros(len(lo), dtype=bool)
-                in_tree[tree.tocoo().data.astype(np.int64) - 1] = True
-                in_tree[np.flatnonzero(~in_tree)[: max(0, max_links - int(in_tree.sum()))]] = True
-                take = np.flatnonzero(in_tree)
+                # every kept extremum's best link (links are best first), then the others
+                m = lo.shape[0]
+                best = np.full(kept.shape[0], m, dtype=np.int64)
+                np.minimum.at(best, lo, np.arange(m))
+                np.minimum.at(best, hi, np.arange(m))
+                take = np.zeros(m, dtype=bool)
+                take[best[best < m]] = True
+                take[np.flatnonzero(~take)[: max(0, max_links - int(take.sum()))]] = True
+                take = np.flatnonzero(take)
                 lo, hi, sel = lo[take], hi[take], sel[take]
             nodes_out.append(nd)
             links_out.append(self._links_frame(kind, kept[lo], kept[hi], sel))

@@ -8,7 +8,7 @@ Routes (all GET):
 ``/api/meta``              axes, sizes, persistence levels
 ``/api/spine``             surviving extrema and saddle links at ``p``: at most ``nodes`` (default
                            1000) most persistent extrema and ``links`` (default 1000) links per
-                           kind (the spanning forest of the best saddles first), with totals;
+                           kind (every kept extremum's best saddle first), with totals;
                            the columns the page draws (the library's spine has more)
 ``/api/segments``          Morse-Smale segments at ``p``: the ``limit`` (default 500) largest,
                            largest first, and the total number
@@ -53,7 +53,7 @@ _ALLOWED = {
 }
 # capped views the page can draw (the totals of the level are sent with them)
 SPINE_MAX_NODES = 1000  # per kind: the most persistent extrema
-SPINE_MAX_LINKS = 1000  # per kind: the spanning forest of the best saddles first
+SPINE_MAX_LINKS = 1000  # per kind: every kept extremum's best saddle first
 SEGMENTS_LIMIT = 500  # the largest segments
 # the spine columns the page uses (the library's spine has saddle ids and pc2 as well)
 _NODE_COLUMNS = ("extremum", "kind", "value", "persistence", "volume", "pc1")
