@@ -146,6 +146,14 @@ def test_brushing_gives_conditional_histograms(mode):
             assert np.array_equal(cube.hist2d(1, 0, p, sel, brush=(2, -2.0, 2.0), bins=8),
                                   ref32.reshape(8, 4, 8, 4).sum(axis=(1, 3)))
     if in_memory:
+        # a brush holding most samples is counted as the whole minus its outside
+        w_lo, w_hi = (np.searchsorted(edges_of(X[:, 2], 32), v, "right") - 1
+                      for v in (-5.5, 5.5))
+        wide = (bins[:, 2] >= w_lo) & (bins[:, 2] <= w_hi)
+        assert 2 * wide.sum() > len(f)
+        ref_w = np.zeros((16, 16), dtype=np.int64)
+        np.add.at(ref_w, (bins[wide, 1] // 2, bins[wide, 0] // 2), 1)
+        assert np.array_equal(cube.hist2d(1, 0, brush=(2, -5.5, 5.5), bins=16), ref_w)
         # pcoords: every adjacent pair brushed, equal to the joint histograms
         for (h, ok), (a, b) in zip(cube.pcoords([3, 0, 1, 2], 0.05, leaves, (2, -2.0, 2.0),
                                                 bins=16),

@@ -436,10 +436,15 @@ class Cube:
                              path=self.path)
         return codes, leaf
 
-    def warm(self) -> Cube:
-        """Load what the first queries would otherwise load (the whole-data histograms)."""
+    def warm(self, pcoords_bins: int | None = 32) -> Cube:
+        """Load what the first queries would otherwise load: the whole-data histograms, the
+        persistence ranks of the base-level spine view and (in memory) the joint codes of the
+        default parallel-coordinate pairs at ``pcoords_bins`` (all dims, then f)."""
         if self._codes is not None:
             self._whole_tables()
+            if pcoords_bins and self.bins % pcoords_bins == 0:
+                for a in range(self.d):
+                    self._pair_codes(a, a + 1, pcoords_bins)
         for kind in ("max", "min"):  # the persistence ranks of the base-level spine view
             self._base_links_among(kind, np.zeros(0, dtype=np.int64))
         return self
@@ -759,9 +764,24 @@ class Cube:
         key = ("base", br, axes, res)
         hit = self._hist_cache.get(key)
         if hit is None:
-            rows = np.flatnonzero(self._brush_mask(br)) if br is not None else None
-            hit = self._remember(self._hist_cache, key, self._count(rows, axes, res))
+            if br is None:
+                hit = self._count_rows(None, axes, res)
+            else:  # a brush on a third axis: count the smaller side of it
+                bm = self._brush_mask(br)
+                if 2 * int(np.count_nonzero(bm)) > self.n:
+                    hit = (self._base_hist(None, axes, res)
+                           - self._count_rows(np.flatnonzero(~bm), axes, res))
+                else:
+                    hit = self._count_rows(np.flatnonzero(bm), axes, res)
+            hit = self._remember(self._hist_cache, key, hit)
         return hit
+
+    def _count_rows(self, rows: np.ndarray | None, axes: tuple[int, ...], res: int):
+        if len(axes) == 2 and res * res <= 65536:  # one gather of a cached pair code
+            pc = self._pair_codes(axes[0], axes[1], res)
+            return np.bincount(pc if rows is None else pc[rows],
+                               minlength=res * res).reshape(res, res)
+        return self._count(rows, axes, res)
 
     def _plan(self, leaves: np.ndarray, br) -> tuple[bool, np.ndarray]:
         """(complement, rows): the histogram is base - count(rows) if complement, else
@@ -798,9 +818,8 @@ class Cube:
         cols: dict[int, np.ndarray] = {}
         out = []
         for axes in pairs:
-            if len(axes) == 2 and res * res <= 65536:  # one gather of a cached pair code
-                h = np.bincount(self._pair_codes(axes[0], axes[1], res)[rows],
-                                minlength=res * res).reshape(res, res)
+            if len(axes) == 2 and res * res <= 65536:
+                h = self._count_rows(rows, axes, res)
                 out.append(self._base_hist(br, axes, res) - h if complement else h)
                 continue
             code = None
