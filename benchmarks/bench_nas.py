@@ -191,6 +191,19 @@ def cpu_info() -> dict:
     return {"cpu_count": os.cpu_count(), "usable_cpus": usable or os.cpu_count()}
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes ``pids`` so far (Linux /proc; 0 elsewhere)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def scaling(evaluator, n_evals: int, worker_counts, steps: int, repeats: int = 1) -> list[dict]:
     """Evaluations per hour of ``n_evals`` identical-cost candidates (one fixed genome, fixed
     steps, different seeds) with each worker count; timing starts once every worker reported
@@ -208,6 +221,8 @@ def scaling(evaluator, n_evals: int, worker_counts, steps: int, repeats: int = 1
                 pool.close()
                 raise RuntimeError(f"{w} worker(s) did not start")
             load0 = os.getloadavg()[0]
+            pids = [slot.proc.pid for slot in pool._slots]
+            cpu0 = cpu_seconds(pids)
             t0 = time.perf_counter()
             queue = [Task(i, genome, i) for i in range(n_evals)]
             done, busy_s, failed = 0, 0.0, 0
@@ -222,14 +237,19 @@ def scaling(evaluator, n_evals: int, worker_counts, steps: int, repeats: int = 1
                     else:
                         queue.append(ev.task)
             wall = time.perf_counter() - t0
+            cpu = cpu_seconds(pids) - cpu0  # workers replaced after a death are not counted
             pool.close()
             row = {"workers": w, "evaluations": n_evals, "steps_each": steps, "wall_s": wall,
                    "evals_per_hour": 3600 * n_evals / wall,
                    "mean_eval_s": busy_s / n_evals, "failed": failed,
+                   "cpu_s_per_eval": cpu / n_evals,
+                   # CPU time the workers got / wall x workers: 1 = every worker had a core
+                   "cpu_share": cpu / (wall * w),
                    "load_before": load0, "load_after": os.getloadavg()[0],
                    "ideal_speedup": float(min(w, cpus))}
             print(f"  scaling: {w} worker(s): {n_evals} evals in {wall:.1f} s "
-                  f"({row['mean_eval_s']:.2f} s each; load {load0:.1f} -> "
+                  f"({row['mean_eval_s']:.2f} s each, {row['cpu_s_per_eval']:.2f} s CPU, "
+                  f"CPU share {row['cpu_share']:.2f}; load {load0:.1f} -> "
                   f"{row['load_after']:.1f})", flush=True)
             if w not in best or wall < best[w]["wall_s"]:
                 best[w] = row
@@ -244,12 +264,15 @@ def print_scaling(rows: list[dict]) -> None:
     info = cpu_info()
     print(f"\nscaling: {info['usable_cpus']} usable CPUs ({info['cpu_count']} on the machine), "
           "1 torch thread per worker")
-    print("| workers | wall | evaluations / hour | speed-up (ideal) | s per evaluation | "
-          "load before -> after |\n|---|---|---|---|---|---|")
+    print("| workers | wall | evaluations / hour | speed-up (ideal) | s per evaluation (CPU s) "
+          "| CPU share per worker | load before -> after |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['workers']} | {r['wall_s']:.1f} s | {r['evals_per_hour']:.0f} | "
-              f"{r['speedup']:.2f}x ({r['ideal_speedup']:.0f}x) | {r['mean_eval_s']:.2f} | "
+              f"{r['speedup']:.2f}x ({r['ideal_speedup']:.0f}x) | {r['mean_eval_s']:.2f} "
+              f"({r['cpu_s_per_eval']:.2f}) | {r['cpu_share']:.2f} | "
               f"{r['load_before']:.1f} -> {r['load_after']:.1f} |")
+    print("(CPU share: CPU time the workers got / (wall x workers); well below "
+          "min(1, CPUs / workers) means other jobs took the cores)")
 
 
 def scaling_setup(root: Path, steps: int, seed: int) -> Evaluator:
