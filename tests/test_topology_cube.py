@@ -265,6 +265,18 @@ def test_without_3d_a_third_axis_brush_is_refused(tmp_path):
         assert [ok for _, ok in pc] == [False, True, True]  # pairs (0,1), (1,2), (2,3)
     with pytest.raises(ConfigurationError, match="bins"):
         write_cube(tmp_path / "d.duckdb", X, f, ms, bins=1)
+    # more than 256 bins: 2-byte codes, same answers in memory and by SQL
+    wide = write_cube(tmp_path / "w.duckdb", X, f, ms, bins=300, store_graph=False)
+    data = np.column_stack([X, f])
+    with Cube(wide) as mem, Cube(wide, memory_budget=0) as sql:
+        assert mem._codes.dtype == np.uint16
+        for a in range(4):
+            ref, _ = np.histogram(data[:, a], bins=300, range=(data[:, a].min(),
+                                                              data[:, a].max()))
+            assert np.array_equal(mem.hist1d(a), ref) and np.array_equal(sql.hist1d(a), ref)
+        leaves = mem.select(0.05, segment=0)
+        assert np.array_equal(mem.hist2d(0, 3, 0.05, leaves, brush=(3, 0.2, 2.0), bins=30),
+                              sql.hist2d(0, 3, 0.05, leaves, brush=(3, 0.2, 2.0), bins=30))
 
 
 def test_bad_cube_files_give_clear_errors(tmp_path):
@@ -291,6 +303,18 @@ def test_bad_cube_files_give_clear_errors(tmp_path):
     con.execute("UPDATE meta SET value = 'something.else' WHERE key = 'format'")
     con.close()
     with pytest.raises(InputError, match="format is 'something.else'"):
+        Cube(good)
+    con = duckdb.connect(str(good))
+    con.execute("UPDATE meta SET value = 'oncoscale.topology.cube' WHERE key = 'format'")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'version'")
+    con.close()
+    with pytest.raises(InputError, match="good.duckdb.*version 1 is written by an older "
+                                         "oncoscale; rebuild it"):
+        Cube(good)
+    con = duckdb.connect(str(good))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'version'")
+    con.close()
+    with pytest.raises(InputError, match="version 99 is newer"):
         Cube(good)
     # a truncated cube
     trunc = tmp_path / "trunc.duckdb"
