@@ -267,8 +267,9 @@ LATENCY_GOAL_MS = 50.0
 
 
 def _latency_queries(cube, rng, count: int) -> list[dict]:
-    """Random explorer queries: a level the slider offers (the 2000 highest levels, as the
-    explorer's /api/meta lists them, so nearly every query is the first at its level), a
+    """Random explorer queries: a level the slider offers (one of the 2000 highest levels, as
+    the explorer's /api/meta lists them, so nearly every query is the first at its level; or,
+    in 1 query of 20, its leftmost position p = 0, no simplification), a
     selection (none, a random segment, or a random surviving maximum's region), random axes and
     a random brush on 3 queries in 4 (any axis, so often a third axis for 2-D views)."""
     levels = cube.levels()[-2000:]
@@ -277,6 +278,8 @@ def _latency_queries(cube, rng, count: int) -> list[dict]:
     out = []
     for _ in range(count):
         p = float(levels[rng.integers(len(levels))]) if len(levels) else 0.0
+        if rng.random() < 0.05:
+            p = 0.0
         kind = rng.integers(3)
         sel = {}
         if kind == 1:
@@ -352,7 +355,7 @@ def latency(cube_path, queries, results):
         names = probe.names
     print(f"  cube: n={info['n']} d={info['d']} bins={info['bins']} leaves={info['leaves']} "
           f"extrema={info['extrema']}, {queries} random queries per endpoint, levels among "
-          f"the 2000 highest; load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"the 2000 highest (and 0); load average {os.getloadavg()[0]:.1f}", flush=True)
     t = time.perf_counter()
     cube = Cube(cube_path).warm()
     info["open_s"] = time.perf_counter() - t

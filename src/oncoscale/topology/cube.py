@@ -447,6 +447,7 @@ class Cube:
                     self._pair_codes(a, a + 1, pcoords_bins)
         for kind in ("max", "min"):  # the persistence ranks of the base-level spine view
             self._base_links_among(kind, np.zeros(0, dtype=np.int64))
+        self.segments(self._base)  # the base level's (largest) segment table
         return self
 
     @property
@@ -540,7 +541,9 @@ class Cube:
         pers = self.extrema["persistence"].to_numpy()
         pers = np.sort(pers[pers >= self._base])  # inf (component roots) last
         total = pers.shape[0]
-        target = total // max(8, self._CHECKPOINT_FACTOR)  # the first: past the noise
+        # the first checkpoint: past the noise (1/8 of the extrema), and at or below the
+        # levels the explorer's slider offers (its 2000 highest) unless that is most of them
+        target = min(total // 2, max(total // max(8, self._CHECKPOINT_FACTOR), 2500))
         while target >= self._CHECKPOINT_MIN:
             p = float(pers[total - target])
             if not np.isfinite(p) or p <= self._checkpoints[-1][0]:
