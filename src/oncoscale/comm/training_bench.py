@@ -278,6 +278,11 @@ def _worker(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     world = C.init("torch", timeout=600)
+    # the cost model behind algorithm="auto" is calibrated (or read from its cache) on first
+    # use: do it here, so that no variant's byte count includes the calibration traffic
+    from oncoscale.comm.costmodel import calibrated
+
+    calibrated(world)
     task = _Task(args.model, args.data, args.global_batch, world, args.opt, args.lr,
                  args.momentum)
     params = sum(q.numel() for q in task.model().parameters())
