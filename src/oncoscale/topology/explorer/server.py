@@ -248,6 +248,7 @@ def create_app(cube_path: str | Path, cache_bytes: int = 64 * 2**20):
 
     cube = Cube(cube_path)
     cube.warm()
+    cube.spine(0.0, SPINE_MAX_NODES, SPINE_MAX_LINKS)  # the slider's leftmost view
     files = static_files()
     cache = ResponseCache(max_bytes=cache_bytes)
 
