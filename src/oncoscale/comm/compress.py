@@ -396,19 +396,22 @@ class GradientCompression:
         self.sent_entries = 0
         self.dense_entries = 0
 
-    def reduce(self, key: Hashable, grad: torch.Tensor, *, async_op: bool = False
-               ) -> SparseVector | Work:
-        """Average of every rank's compressed ``grad`` (collective over the group)."""
+    def reduce(self, key: Hashable, grad: torch.Tensor, *, async_op: bool = False,
+               op: str = "avg") -> SparseVector | Work:
+        """Average (``op="avg"``) or sum (``"sum"``) of every rank's compressed ``grad``
+        (collective over the group)."""
+        if op not in ("avg", "sum"):
+            raise ConfigurationError(f"op must be 'avg' or 'sum', found {op!r}")
         vec = self.feedback.compress(key, grad)
         self.sent_entries += vec.nnz
         self.dense_entries += vec.size
         if self.packing is not None:
-            return self._packed_allgather(vec, grad.dtype, async_op)
+            return self._packed_allgather(vec, grad.dtype, async_op, op)
         return sparse_allreduce(vec, self.algorithm, group=self.group, async_op=async_op,
-                                op="avg", codec=self.codec)
+                                op=op, codec=self.codec)
 
-    def _packed_allgather(self, vec: SparseVector, dtype: torch.dtype, async_op: bool
-                          ) -> SparseVector | Work:
+    def _packed_allgather(self, vec: SparseVector, dtype: torch.dtype, async_op: bool,
+                          op: str = "avg") -> SparseVector | Work:
         packing = self.packing
         assert packing is not None
         msg = packing.pack(vec)
@@ -421,7 +424,8 @@ class GradientCompression:
             for part in parts:
                 got = packing.unpack(part, vec.size, acc)
                 out.index_add_(0, got.indices, got.values)
-            out /= g.size
+            if op == "avg":
+                out /= g.size
             return SparseVector(None, out.to(dtype), vec.size, check=False)
 
         if not async_op:
