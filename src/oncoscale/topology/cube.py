@@ -316,7 +316,9 @@ class Cube:
 
     ``memory_budget`` (bytes, default 256 MiB; None = no limit) bounds the per-sample bin codes
     held in memory (``n * (d + 1)`` bytes when ``bins <= 256``, 2 bytes each above, plus 4
-    bytes per sample for its leaf). Within the budget every histogram, brushed or not, is a
+    bytes per sample for its leaf) and the joint codes of axis pairs cached for 2-D counts
+    (2n bytes each, as many as the rest of the budget holds, at least 2d + 2, at most 128).
+    Within the budget every histogram, brushed or not, is a
     bincount over the selected samples' codes (exact at the cube's resolution, brushes on any
     axis); over it (or with ``memory_budget=0``) queries are SQL sums over the sparse per-leaf
     histogram tables. The persistence hierarchy (segments and spine at every level) is
@@ -397,6 +399,12 @@ class Cube:
         self._select_cached = lru_cache(maxsize=256)(self._select)
         self._lock = threading.Lock()
         self._rows_cache: dict = {}  # (id(leaves), brush bins) -> (leaves, rows); bounded
+        self._whole = None  # whole-data 1-D and 2-D histograms, loaded once
+        # joint codes of axis pairs (2n bytes each), as many as the memory budget leaves room
+        # for (at least the 10-20 a parallel-coordinates view needs), first in first out
+        room = (memory_budget or 2**62) - self.n * (self.d + 5)
+        self._pairs: dict = {}
+        self._pair_limit = int(max(2 * self.d + 2, min(128, room // max(2 * self.n, 1))))
         self._hist_cache: dict = {}  # whole-data / brush-only histograms; bounded
         self._build_hierarchy()
 
@@ -692,7 +700,7 @@ class Cube:
         return value
 
     def _whole_tables(self) -> tuple[np.ndarray, dict]:
-        hit = self._hist_cache.get("whole")
+        hit = self._whole
         if hit is None:
             B = self.bins
             w1 = np.zeros((self.d + 1, B), dtype=np.int64)
@@ -710,7 +718,7 @@ class Cube:
                         h[r["bin_a"][part].astype(np.int64),
                           r["bin_b"][part].astype(np.int64)] = r["count"][part]
                         pairs[divmod(int(key[part[0]]), self.d + 1)] = h
-            hit = self._hist_cache["whole"] = (w1, pairs)  # pinned: not evicted by _remember
+            hit = self._whole = (w1, pairs)
         return hit
 
     def _whole2(self, a: int, b: int) -> np.ndarray:
@@ -837,15 +845,16 @@ class Cube:
 
     def _pair_codes(self, a: int, b: int, res: int) -> np.ndarray:
         """(n,) uint16 joint bin of axes a, b at resolution ``res`` (cached, bounded)."""
-        key = ("pair", a, b, res)
-        hit = self._hist_cache.get(key)
+        key = (a, b, res)
+        hit = self._pairs.get(key)
         if hit is None:
             step = self.bins // res
             ca, cb = self._codes[a], self._codes[b]
             if step > 1:
                 ca, cb = ca // step, cb // step
             code = ca.astype(np.uint16) * np.uint16(res) + cb
-            hit = self._remember(self._hist_cache, key, code.astype(np.uint16, copy=False))
+            hit = self._remember(self._pairs, key, code.astype(np.uint16, copy=False),
+                                 limit=self._pair_limit)
         return hit
 
     def brushable(self, a: int, b: int | None, brush_axis: int) -> bool:
