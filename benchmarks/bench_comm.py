@@ -1,4 +1,4 @@
-"""Benchmark of oncoscale.comm (SparCML sparse collectives) - see benchmarks/comm.md.
+"""Benchmark of oncoscale.comm (SparCML sparse collectives).
 
     .venv/bin/python benchmarks/bench_comm.py --quick     # 1M entries, p = 2 and 4
     .venv/bin/python benchmarks/bench_comm.py             # 1M and 10M entries
@@ -6,7 +6,8 @@
 Launches torchrun jobs (world sizes 2 and 4) that time our sparse allreduce algorithms and
 "auto" against the dense allreduce of the same engine, torch's gloo sparse COO all_reduce and
 the plain allgather of (index, value) pairs, report bytes sent per rank against the cost
-model, 8-bit QSGD values, and DDP training with TopK 1 % + error feedback vs dense.
+model, and 8-bit QSGD values. Compressed training (TopK 1 % + error feedback vs dense on the
+GDC autoencoder and a small CNN) is benchmarks/bench_comm_training.py.
 Writes bench-out/comm.json. Same as `oncoscale comm bench`.
 """
 
@@ -31,13 +32,11 @@ def main() -> None:
     ap.add_argument("--densities", type=float, nargs="+", default=None,
                     help="fractions of non-zeros per rank (default 0.0001 0.001 0.01 0.1 0.5)")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--no-training", action="store_true")
     ap.add_argument("--out", default="bench-out/comm.json")
     a = ap.parse_args()
     run_benchmark(quick=a.quick, world_sizes=tuple(a.world_sizes),
                   sizes=tuple(a.sizes) if a.sizes else None, repeats=a.repeats,
-                  steps=a.steps, out=a.out, training=not a.no_training,
+                  out=a.out,
                   densities=tuple(a.densities) if a.densities else None)
 
 

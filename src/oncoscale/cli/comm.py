@@ -13,23 +13,20 @@ comm_app = typer.Typer(help="Sparse collectives (SparCML): benchmark and launch 
 
 @comm_app.command("bench")
 def bench(
-    quick: bool = typer.Option(False, "--quick", help="1M-entry vectors only, 3 repeats, "
-                                                      "training on 2 ranks only."),
+    quick: bool = typer.Option(False, "--quick", help="1M-entry vectors only, 3 repeats."),
     world_sizes: str = typer.Option("2,4", help="Comma-separated world sizes (torchrun jobs)."),
     sizes: str = typer.Option("", help="Comma-separated vector sizes (default 1M,10M; "
                                        "1M with --quick)."),
     repeats: int = typer.Option(0, help="Timed repeats per case (default 5, 3 with --quick)."),
-    steps: int = typer.Option(300, help="Training steps of the TopK vs dense comparison."),
-    training: bool = typer.Option(True, help="Run the data-parallel training comparison."),
     out: Path = typer.Option(Path("bench-out/comm.json"), "--out", "-o",
                              help="JSON output (written atomically)."),
 ) -> None:
-    """Time sparse allreduce algorithms vs dense and gloo sparse; TopK+EF vs dense training."""
+    """Time sparse allreduce algorithms vs dense and gloo sparse COO (bytes vs the model)."""
     from oncoscale.comm.bench import run_benchmark
 
     run_benchmark(quick=quick, world_sizes=tuple(int(x) for x in world_sizes.split(",") if x),
                   sizes=tuple(int(x) for x in sizes.split(",") if x) or None,
-                  repeats=repeats or None, steps=steps, out=out, training=training)
+                  repeats=repeats or None, out=out)
 
 
 @comm_app.command("info")

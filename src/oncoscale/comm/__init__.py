@@ -15,12 +15,15 @@ from oncoscale.comm.collectives import (
 )
 from oncoscale.comm.compress import (
     QSGD,
+    BucketPacking,
     Compose,
     Compressor,
     ErrorFeedback,
     GradientCompression,
+    LocalAdam,
     NoCompression,
     RandomK,
+    Round,
     Threshold,
     TopK,
 )
@@ -31,7 +34,8 @@ from oncoscale.comm.sparse import SparseVector, merge, prefers_dense
 from oncoscale.comm.world import Group, Layout, World, default_world, init
 
 __all__ = [
-    "QSGD", "Compose", "Compressor", "DDPCompressionState", "ErrorFeedback",
+    "QSGD", "BucketPacking", "Compose", "Compressor", "LocalAdam", "Round",
+    "DDPCompressionState", "ErrorFeedback",
     "GradientCompression", "NoCompression", "RandomK", "Threshold", "TopK", "ddp_comm_hook",
     "ALGORITHMS", "CastCodec", "CommStats", "CostModel", "Group", "LaunchInfo", "Layout",
     "QSGDCodec", "SparseVector", "ValueCodec", "Work", "World", "calibrated",

@@ -1,11 +1,10 @@
-"""Benchmark of the sparse collectives and of compressed data-parallel training.
+"""Benchmark of the sparse collectives (compressed training: ``oncoscale.comm.training_bench``).
 
 ``run_benchmark`` launches ``torchrun`` jobs of 2 and 4 ranks (gloo on CPU, or NCCL when
 CUDA is present) that time, for each vector size and density: our algorithms and
 ``"auto"``, the engine's dense allreduce, torch's gloo sparse COO ``all_reduce``, the plain
 allgather of (index, value) pairs and ``auto`` with 8-bit QSGD values; bytes sent per rank
-are measured and compared with the cost model. A training job compares DDP with TopK 1 % +
-error feedback against dense DDP. Used by ``benchmarks/bench_comm.py`` and
+are measured and compared with the cost model. Used by ``benchmarks/bench_comm.py`` and
 ``oncoscale comm bench``.
 """
 
@@ -127,83 +126,16 @@ def _collectives(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _training(args: argparse.Namespace) -> dict:
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
-    import oncoscale.comm as C
-
-    world = C.init("torch", timeout=600)
-    p, rank = world.size, world.rank
-    torch.manual_seed(0)
-    n_samples, n_in, n_cls = 2048, 64, 10
-    centers = torch.randn(n_cls, n_in) * 1.5
-    labels = torch.randint(0, n_cls, (n_samples,))
-    X = centers[labels] + torch.randn(n_samples, n_in)
-    per = n_samples // p
-    Xs, ys = X[rank * per:(rank + 1) * per], labels[rank * per:(rank + 1) * per]
-
-    def net() -> torch.nn.Module:
-        torch.manual_seed(1)
-        return torch.nn.Sequential(torch.nn.Linear(n_in, 512), torch.nn.ReLU(),
-                                   torch.nn.Linear(512, 256), torch.nn.ReLU(),
-                                   torch.nn.Linear(256, n_cls))
-
-    def train(hook: Any) -> dict:
-        m = net()
-        model = DistributedDataParallel(m, bucket_cap_mb=100)
-        if hook is not None:
-            model.register_comm_hook(hook.state, hook)
-        opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-        world.stats.reset()
-        world.barrier()
-        t0 = time.perf_counter()
-        for step in range(args.steps):
-            b = torch.arange(step * 64, step * 64 + 64) % per
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(Xs[b]), ys[b]).backward()
-            opt.step()
-        world.barrier()
-        secs = (time.perf_counter() - t0) / args.steps
-        sent = world.stats.reset().bytes_sent
-        with torch.no_grad():
-            logits = m(X)
-            loss = float(torch.nn.functional.cross_entropy(logits, labels))
-            acc = float((logits.argmax(1) == labels).float().mean())
-        return {"loss": loss, "accuracy": acc, "s_per_step": secs, "bytes_per_rank": sent}
-
-    params = sum(q.numel() for q in net().parameters())
-    plain = train(None)
-    dense_hook = train(C.ddp_comm_hook(compressor=None, algorithm="dense"))
-    topk = train(C.ddp_comm_hook(compressor=C.TopK(0.01), error_feedback=True,
-                                 algorithm="recursive_doubling"))
-    topk_auto = train(C.ddp_comm_hook(compressor=C.TopK(0.01), error_feedback=True))
-    topk_fp16 = train(C.ddp_comm_hook(compressor=C.TopK(0.01), error_feedback=True,
-                                      algorithm="recursive_doubling", codec="fp16"))
-    out = {"p": p, "params": params, "steps": args.steps, "plain_ddp": plain,
-           "dense_via_oncoscale": dense_hook, "topk1_ef": topk, "topk1_ef_auto": topk_auto,
-           "topk1_ef_fp16": topk_fp16,
-           "bytes_ratio_fp16": dense_hook["bytes_per_rank"] / max(1, topk_fp16["bytes_per_rank"]),
-           "loss_ratio": topk["loss"] / plain["loss"],
-           "bytes_ratio": dense_hook["bytes_per_rank"] / max(1, topk["bytes_per_rank"])}
-    if rank == 0:
-        print(json.dumps(out), flush=True)
-    world.shutdown()
-    return out
-
-
 def _worker(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("collectives", "training"), required=True)
+    ap.add_argument("--part", choices=("collectives",), default="collectives")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
     ap.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--skip-coo", action="store_true")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    result = _collectives(args) if args.part == "collectives" else _training(args)
+    result = _collectives(args)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(args.out).write_text(json.dumps(result))
     # leave without C++ static destructors: gloo sometimes aborts there ("terminate called
@@ -258,43 +190,24 @@ def _fmt_table(rows: list[dict]) -> str:
 
 def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
                   sizes: tuple[int, ...] | None = None, repeats: int | None = None,
-                  steps: int | None = None, out: str | Path = "bench-out/comm.json",
-                  training: bool = True, densities: tuple[float, ...] | None = None) -> dict:
+                  out: str | Path = "bench-out/comm.json",
+                  densities: tuple[float, ...] | None = None) -> dict:
     """Run the whole benchmark; print tables; write JSON to ``out`` atomically."""
     from oncoscale._io import atomic_write_text
 
     sizes = sizes or ((1_000_000,) if quick else (1_000_000, 10_000_000))
     repeats = repeats or (3 if quick else 5)
-    steps = steps or 300
-    result: dict[str, Any] = {"machine": _machine(), "collectives": [], "training": []}
+    result: dict[str, Any] = {"machine": _machine(), "collectives": []}
     for p in world_sizes:
         extra = ["--part", "collectives", "--repeats", str(repeats), "--sizes",
                  *map(str, sizes), "--densities", *map(str, densities or DENSITIES)]
         rows = _launch(p, extra, timeout=3600 * max(1, p // 2))
         result["collectives"].extend(rows)
         print(_fmt_table(rows), flush=True)
-    if training:
-        for p in world_sizes[:1] if quick else world_sizes:
-            tr = _launch(p, ["--part", "training", "--steps", str(steps)], timeout=3600)
-            result["training"].append(tr)
-            print(_fmt_training(tr), flush=True)
     result["goals"] = _goals(result["collectives"])
     print(_fmt_goals(result["goals"]), flush=True)
     atomic_write_text(out, json.dumps(result, indent=1))
     return result
-
-
-def _fmt_training(tr: dict) -> str:
-    lines = [f"training p={tr['p']} params={tr['params']} steps={tr['steps']}"]
-    for name in ("plain_ddp", "dense_via_oncoscale", "topk1_ef", "topk1_ef_auto",
-                 "topk1_ef_fp16"):
-        r = tr[name]
-        lines.append(f"  {name:<20} loss {r['loss']:.4f} acc {r['accuracy']:.3f} "
-                     f"{r['s_per_step'] * 1e3:7.2f} ms/step  {r['bytes_per_rank'] / 1e6:9.3f} MB")
-    lines.append(f"  loss ratio topk/plain {tr['loss_ratio']:.4f}, "
-                 f"bytes dense/topk {tr['bytes_ratio']:.1f}x (fp16 values "
-                 f"{tr['bytes_ratio_fp16']:.1f}x)")
-    return "\n".join(lines)
 
 
 def _goals(rows: list[dict]) -> dict:
