@@ -112,7 +112,8 @@ def test_comm_pool_dead_silent_and_hung_ranks():
     _fake_worker(hub, 1, size, _ok)
     _fake_worker(hub, 2, size, _ok)
     # rank 3 never starts: no heartbeat, no answer (a hung node)
-    pool = CommPool(_FakeWorld(hub, 0, size), timeout_s=1.0, heartbeat_timeout_s=1.5)
+    pool = CommPool(_FakeWorld(hub, 0, size), timeout_s=1.0, heartbeat_timeout_s=1.5,
+                    startup_timeout_s=1.5)
     try:
         assert pool.idle() == 3 and pool.n_alive == 3
         pool.submit(Task(0, "slow", 0))  # -> rank 1, which then dies mid-candidate
@@ -150,7 +151,8 @@ def test_search_stops_clearly_when_every_worker_is_gone(tmp_path):
     search = make_search(tmp_path / "run", search={"evaluations": 6})
 
     def factory(_evaluator):
-        pool = CommPool(_FakeWorld(hub, 0, 3), timeout_s=30.0, heartbeat_timeout_s=1.5)
+        pool = CommPool(_FakeWorld(hub, 0, 3), timeout_s=30.0, heartbeat_timeout_s=1.5,
+                        startup_timeout_s=1.5)
         threading.Timer(0.5, hub.kill, args=(1,)).start()
         return pool
 

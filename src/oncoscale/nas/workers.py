@@ -378,9 +378,10 @@ class CommPool:
     master stays asynchronous. Liveness:
 
     * a rank whose connection breaks (the process died: the engine reports "connection
-      closed by peer") or whose heartbeats stop for ``heartbeat_timeout_s`` seconds is marked
-      dead; its task comes back as :class:`Died` (the search re-queues it on a live rank) and
-      it gets no more tasks;
+      closed by peer") or whose heartbeats stop for ``heartbeat_timeout_s`` seconds
+      (``startup_timeout_s`` before its first message: data loading) is marked dead; its
+      task comes back as :class:`Died` (the search re-queues it on a live rank) and it gets
+      no more tasks;
     * a rank that keeps sending heartbeats but has no result ``timeout_s`` seconds after it
       started the task is running a hung candidate: the task is reported as a failed
       ``timeout`` and the rank is parked until its late answer arrives (then it is idle
@@ -395,7 +396,7 @@ class CommPool:
     """
 
     def __init__(self, world: Any, *, timeout_s: float | None = None,
-                 heartbeat_timeout_s: float = 60.0) -> None:
+                 heartbeat_timeout_s: float = 60.0, startup_timeout_s: float = 600.0) -> None:
         import queue
         import threading
 
@@ -407,6 +408,7 @@ class CommPool:
         self.n_workers = world.size - 1
         self.timeout_s = timeout_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.startup_timeout_s = startup_timeout_s
         ranks = range(1, world.size)
         now = time.monotonic()
         self.state_: dict[int, str] = {r: "idle" for r in ranks}  # idle busy parked dead
@@ -415,6 +417,7 @@ class CommPool:
         self._started: dict[int, float] = {}
         self._ready: dict[int, bool] = {r: False for r in ranks}
         self._seen: dict[int, float] = {r: now for r in ranks}
+        self._heard: set[int] = set()  # ranks that sent anything (before: start-up grace)
         self._pending: list[Event] = []
         self._results: queue.Queue[tuple[int, Any]] = queue.Queue()
         self._threads = [threading.Thread(target=self._receive, args=(r,), daemon=True,
@@ -435,6 +438,7 @@ class CommPool:
                 self._results.put((rank, exc))
                 return
             self._seen[rank] = time.monotonic()
+            self._heard.add(rank)
             if msg == _HEARTBEAT:
                 continue
             self._results.put((rank, msg))
@@ -494,7 +498,8 @@ class CommPool:
             if st == "dead":
                 continue
             silent = now - self._seen[r]
-            if silent > self.heartbeat_timeout_s:
+            limit = self.heartbeat_timeout_s if r in self._heard else self.startup_timeout_s
+            if silent > limit:
                 self._mark_dead(r, f"no heartbeat for {silent:.0f} s")
             elif st == "busy" and self.timeout_s is not None and self._ready[r] and \
                     now - self._started[r] > self.timeout_s:
@@ -527,12 +532,14 @@ class CommPool:
                 return events
 
     def close(self) -> None:
-        """Tell every live rank to stop and wait (up to 10 s) for their goodbyes; receiver
-        threads of dead ranks are daemons and are left behind."""
+        """Tell every rank to stop (one only thought dead, e.g. silent for too long, then
+        leaves too) and wait up to 10 s for the live ones' goodbyes; receiver threads of dead
+        ranks are daemons and are left behind."""
         live = [r for r, st in self.state_.items() if st != "dead"]
-        for r in live:
-            with contextlib.suppress(Exception):
-                _send_obj(self.world, None, r)
+        for r, st in self.state_.items():
+            if st != "dead" or self.reasons_.get(r, "").startswith("no heartbeat"):
+                with contextlib.suppress(Exception):
+                    _send_obj(self.world, None, r)
         deadline = time.monotonic() + 10
         for r in live:
             self._threads[r - 1].join(timeout=max(0.0, deadline - time.monotonic()))
