@@ -307,8 +307,7 @@ def _library_call(cube, endpoint: str, q: dict):
     if endpoint == "spine":
         return cube.spine(p, server.SPINE_MAX_NODES, server.SPINE_MAX_LINKS)
     if endpoint == "segments":
-        segs = cube.segments(p)
-        return segs.nlargest(server.SEGMENTS_LIMIT, "count")
+        return cube.segments(p, largest=server.SEGMENTS_LIMIT)
     leaves = cube.select(p, segment=q["sel"].get("seg"), maximum=q["sel"].get("max"))
     if endpoint == "hist":
         h = cube.hist1d(q["a"], p, leaves)

@@ -74,6 +74,12 @@ def test_segments_are_sums_of_leaves_and_match_the_segmentation(mode, p):
     assert np.array_equal(stored["i"], np.arange(len(f)))
     sample_leaf = stored["leaf"]
     assert len(segs) == len(np.unique(up * len(f) + down))
+    top = cube.segments(p, largest=3)
+    ref = segs.sort_values(["count", "segment"], ascending=[False, True]).head(3)
+    pd.testing.assert_frame_equal(top.reset_index(drop=True), ref.reset_index(drop=True))
+    assert top.attrs["total"] == len(segs)
+    with pytest.raises(InputError, match="largest"):
+        cube.segments(p, largest=0)
     assert segs["count"].sum() == len(f)
     for _, s in segs.sort_values("count").tail(4).iterrows():
         members = (up == s["max"]) & (down == s["min"])

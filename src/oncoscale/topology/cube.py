@@ -396,6 +396,7 @@ class Cube:
         self._level_state = lru_cache(maxsize=256)(self._level_state_uncached)
         self._spine_cached = lru_cache(maxsize=256)(self._spine)
         self._segments_cached = lru_cache(maxsize=256)(self._segments)
+        self._segment_order = lru_cache(maxsize=256)(self._segment_order_uncached)
         self._select_cached = lru_cache(maxsize=256)(self._select)
         self._lock = threading.Lock()
         self._rows_cache: dict = {}  # (id(leaves), brush bins) -> (leaves, rows); bounded
@@ -455,7 +456,7 @@ class Cube:
                     self._pair_codes(a, a + 1, pcoords_bins)
         for kind in ("max", "min"):  # the persistence ranks of the base-level spine view
             self._base_links_among(kind, np.zeros(0, dtype=np.int64))
-        self.segments(self._base)  # the base level's (largest) segment table
+        self.segments(self._base, largest=1)  # the base level's (largest) segment table
         return self
 
     @property
@@ -622,9 +623,24 @@ class Cube:
                              "f_min": lv["f_min"].to_numpy(), "f_max": lv["f_max"].to_numpy(),
                              "f_sum": lv["f_mean"].to_numpy() * lv["count"].to_numpy()})
 
-    def segments(self, persistence: float = 0.0) -> pd.DataFrame:
-        """Morse-Smale segments at ``persistence``: segment, max, min, count, f range/mean."""
-        return self._segments_cached(self._p(persistence)).copy()
+    def segments(self, persistence: float = 0.0, largest: int | None = None) -> pd.DataFrame:
+        """Morse-Smale segments at ``persistence``: segment, max, min, count, f range/mean.
+
+        ``largest``: only that many segments, the largest first (ties by segment id); the
+        total is ``len(segments(p))`` or ``attrs["total"]`` of the capped frame."""
+        p = self._p(persistence)
+        segs = self._segments_cached(p)
+        if largest is None:
+            return segs.copy()
+        if isinstance(largest, bool) or not isinstance(largest, int | np.integer) or largest < 1:
+            raise InputError(f"largest must be a positive integer or None, found {largest!r}")
+        out = segs.iloc[self._segment_order(p)[:largest]].copy()
+        out.attrs["total"] = len(segs)
+        return out
+
+    def _segment_order_uncached(self, p: float) -> np.ndarray:
+        cnt = self._segments_cached(p)["count"].to_numpy()
+        return np.lexsort((np.arange(cnt.shape[0]), -cnt))
 
     def _segments(self, p: float) -> pd.DataFrame:
         seg, _ = self._level_state(p)

@@ -307,13 +307,8 @@ def create_app(cube_path: str | Path, cache_bytes: int = 64 * 2**20):
                 "total": {"nodes": nodes.attrs["total"], "links": sp["links"].attrs["total"]}}
 
     def segments(q: Params) -> dict:
-        segs = cube.segments(q.persistence())
-        limit = q.int("limit", 1, 10**7, SEGMENTS_LIMIT)
-        total = len(segs)
-        cnt = segs["count"].to_numpy()
-        top = np.argpartition(-cnt, limit - 1)[:limit] if total > limit else np.arange(total)
-        segs = segs.iloc[top[np.lexsort((top, -cnt[top]))]]  # largest first, then by id
-        return {"segments": _columns(segs), "total": total}
+        segs = cube.segments(q.persistence(), largest=q.int("limit", 1, 10**7, SEGMENTS_LIMIT))
+        return {"segments": _columns(segs), "total": segs.attrs["total"]}
 
     def hist(q: Params) -> dict:
         p = q.persistence()
