@@ -70,6 +70,7 @@ class FaultyEvaluator(Evaluator):
                  sleep: float = 0.0) -> None:
         super().__init__(data, config)
         self.marker_dir, self.log_path, self.sleep = marker_dir, log_path, sleep
+        self.threads_path = ""  # when set: "<cand_id> <torch threads> <OMP_NUM_THREADS>" lines
 
     def build(self, genome):
         lr = genome.train.lr
@@ -97,6 +98,10 @@ class FaultyEvaluator(Evaluator):
         if self.log_path:
             with open(self.log_path, "a") as f:
                 f.write(f"{cand_id}\n")
+        if self.threads_path:
+            with open(self.threads_path, "a") as f:
+                f.write(f"{cand_id} {torch.get_num_threads()} "
+                        f"{os.environ.get('OMP_NUM_THREADS')}\n")
         return result
 
 
@@ -165,6 +170,7 @@ def test_dead_worker_requeued_hung_and_memory_hungry_workers_killed(tmp_path):
     cfg = tiny_config(tmp_path, search={"population": 4, "evaluations": 4},
                       budget={"timeout_s": 60.0})
     ev = FaultyEvaluator(tiny_data(), eval_config(cfg), marker_dir=str(tmp_path))
+    ev.threads_path = str(tmp_path / "threads.log")
     seeds = [marked(MARK_EXIT), marked(MARK_HANG), marked(MARK_HOG), marked(0.001)]
     s = Search(cfg, tmp_path / "run", evaluator=ev, seeds=seeds,
                pool_factory=lambda e: ProcessPool(e, 2, timeout_s=5.0, max_memory_mb=300))
@@ -180,6 +186,9 @@ def test_dead_worker_requeued_hung_and_memory_hungry_workers_killed(tmp_path):
     assert 300 < int(m.group(1)) <= HOG_MIB + 100
     assert h.loc[3, "status"] == "ok"
     assert h["worker"].str.startswith("proc-").all()
+    # each worker process trains with one thread (torch and OpenMP)
+    lines = (tmp_path / "threads.log").read_text().split("\n")
+    assert {ln.split(" ", 1)[1] for ln in lines if ln} == {"1 1"}
 
 
 def test_killed_search_resumes_without_repeating(tmp_path):
