@@ -167,7 +167,33 @@ def make_optimizer(name: str, params: Any, lr: float) -> Any:
     raise ConfigurationError(f"unknown optimiser {name!r}")
 
 
+def rss_mib(pid: int | None = None) -> float | None:
+    """Resident memory of process ``pid`` (default: this one) in MiB (Linux ``/proc``;
+    None where unavailable)."""
+    try:
+        with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _memory_now_mib(device: str) -> float | None:
+    """What the memory budget watches: CUDA allocator peak on a GPU, else resident memory."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return rss_mib()
+
+
 class _TimeoutError(Exception):
+    pass
+
+
+class _MemoryBudgetError(Exception):
     pass
 
 
@@ -243,6 +269,8 @@ class Evaluator:
             result.status, result.reason = STATUS_FAILED, f"timeout: {exc}"
         except _DivergedError as exc:
             result.status, result.reason = STATUS_FAILED, f"diverged: {exc}"
+        except _MemoryBudgetError as exc:
+            result.status, result.reason = STATUS_FAILED, f"memory budget exceeded ({exc})"
         except MemoryError as exc:
             result.status, result.reason = STATUS_FAILED, f"memory: {exc}"
         except Exception as exc:  # a candidate must never stop the search
@@ -288,6 +316,11 @@ class Evaluator:
         if budget.steps is not None:
             max_steps = min(max_steps, budget.steps)
         gen = torch.Generator().manual_seed(seed)
+        # the measured limit, checked after every step (inline and comm workers too; worker
+        # processes are also watched from outside, which catches a single huge step)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
+        base_mib = _memory_now_mib(device) if budget.max_memory_mb else None
         t_train = time.perf_counter()
         step, perm, pos = 0, torch.randperm(n, generator=gen), 0
         net.train()
@@ -307,6 +340,11 @@ class Evaluator:
             loss.backward()
             opt.step()
             step += 1
+            if base_mib is not None:
+                grown = (_memory_now_mib(device) or base_mib) - base_mib
+                if grown > budget.max_memory_mb:
+                    raise _MemoryBudgetError(f"{grown:.0f} MiB > {budget.max_memory_mb:.0f} MiB "
+                                             f"at training step {step}")
             now = time.perf_counter()
             if now - t0 > budget.timeout_s:
                 raise _TimeoutError(f"evaluation passed {budget.timeout_s:g} s at training step "

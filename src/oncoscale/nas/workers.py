@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
-from oncoscale.nas.evaluate import STATUS_FAILED, EvalResult
+from oncoscale.nas.evaluate import STATUS_FAILED, EvalResult, rss_mib
 
 
 @dataclass
@@ -109,18 +109,6 @@ class InlinePool:
 # --------------------------------------------------------------------------- processes
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-def rss_mib(pid: int) -> float | None:
-    """Resident memory of process ``pid`` in MiB (Linux ``/proc``; None where unavailable)."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _worker_main(conn: Connection, evaluator: EvaluateFn, threads: int) -> None:
