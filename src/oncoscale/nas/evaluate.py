@@ -31,9 +31,11 @@ class Budget:
     (the master also kills a worker that overruns it by more than ``grace_s``).
     ``max_memory_mb`` bounds the training memory of a candidate (weights, gradients,
     optimiser state, activations): a candidate whose estimate exceeds it fails before
-    training, and under :class:`~oncoscale.nas.workers.ProcessPool` a worker whose resident
-    memory grows by more than this during a candidate is killed (failed, "memory budget
-    exceeded"). ``max_params`` bounds the parameter count (rejected when exceeded).
+    training; one whose measured memory (resident set on CPU, allocator peak on CUDA) grows
+    by more than this during training fails at that step, wherever it runs; and under
+    :class:`~oncoscale.nas.workers.ProcessPool` a worker whose resident memory grows past it
+    is killed from outside (both: "memory budget exceeded"); 0 means no limit.
+    ``max_params`` bounds the parameter count (rejected when exceeded).
     """
 
     epochs: float | None = 2.0
