@@ -4,6 +4,7 @@ comm workers have no outside watchdog): a candidate whose memory keeps growing p
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -11,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
+from oncoscale.nas.evaluate import Evaluator, rss_mib
+from oncoscale.nas.search import eval_config
+
 sys.path.insert(0, str(Path(__file__).parent))
-
-from test_nas_search import marked, tiny_config, tiny_data  # noqa: E402
-
-from oncoscale.nas.evaluate import Evaluator, rss_mib  # noqa: E402
-from oncoscale.nas.search import eval_config  # noqa: E402
+_base = importlib.import_module("test_nas_search")  # its tiny config, data and genomes
+marked, tiny_config, tiny_data = _base.marked, _base.tiny_config, _base.tiny_data
 
 STEP_MIB = 48
 
