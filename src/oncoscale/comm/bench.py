@@ -15,9 +15,7 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -146,17 +144,10 @@ def _worker(argv: list[str]) -> None:
 
 
 def _launch(nproc: int, extra: list[str], timeout: float) -> Any:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", str(nproc), "-m", "oncoscale.comm.bench", "--worker",
-               *extra, "--out", str(out)]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or not out.exists():
-            raise RuntimeError(f"benchmark job failed ({' '.join(cmd)}):\n"
-                               f"{(proc.stdout + proc.stderr)[-4000:]}")
-        return json.loads(out.read_text())
+    from oncoscale.comm._jobs import run_local_job
+
+    return run_local_job("oncoscale.comm.bench", nproc, extra, timeout=timeout,
+                         what="benchmark job")
 
 
 def _best_base(r: dict) -> float:

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -308,20 +306,10 @@ def _worker(argv: list[str]) -> None:
 
 def launch(nproc: int, worker_args: list[str], *, timeout: float = 1800) -> dict[str, Any]:
     """Run :func:`_worker` on ``nproc`` local ranks with torchrun (gloo, 1 thread per rank)."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [str(torchrun) if torchrun.exists() else sys.executable,
-               *([] if torchrun.exists() else ["-m", "torch.distributed.run"]),
-               "--standalone", "--nproc-per-node", str(nproc),
-               "-m", "oncoscale.comm.training_bench", "--worker", *worker_args,
-               "--out", str(out)]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or not out.exists():
-            raise RuntimeError(f"training job failed (exit {proc.returncode}): "
-                               f"{' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-4000:]}")
-        return json.loads(out.read_text())
+    from oncoscale.comm._jobs import run_local_job
+
+    return run_local_job("oncoscale.comm.training_bench", nproc, worker_args, timeout=timeout,
+                         what="training job")
 
 
 # ------------------------------------------------------------------------------ driver
