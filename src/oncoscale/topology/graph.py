@@ -162,14 +162,8 @@ def knn(
         index.hnsw.efSearch = int(ef_search or max(48, 3 * k))
     index.add(xf)
     kk = min(k + 1, n)
-    ids = np.empty((hi0 - lo0, k), dtype=np.int64)
-    dst2 = np.empty((hi0 - lo0, k), dtype=np.float32)
-    for lo in _progress(range(lo0, hi0, chunk_size), progress, "kNN",
-                        -(-(hi0 - lo0) // chunk_size)):
-        hi = min(lo + chunk_size, hi0)
-        d2, idx = index.search(xf[lo:hi], kk)
-        ids[lo - lo0:hi - lo0], dst2[lo - lo0:hi - lo0] = _drop_self(
-            idx, d2, np.arange(lo, hi), k)
+    ids, dst2 = _query_chunks(lambda lo, hi: index.search(xf[lo:hi], kk), k, lo0, hi0,
+                              chunk_size, progress)
     np.sqrt(np.maximum(dst2, 0, out=dst2), out=dst2)
     recall, sample = 1.0, 0
     if method == "hnsw" and rows is None:
@@ -185,16 +179,28 @@ def _knn_kdtree(X: np.ndarray, k: int, chunk_size: int, progress: bool, t0: floa
     n = X.shape[0]
     tree = cKDTree(X)
     kk = min(k + 1, n)
+
+    def query(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        dd, idx = tree.query(X[lo:hi], kk, workers=-1)
+        return dd.reshape(hi - lo, kk), idx.reshape(hi - lo, kk).astype(np.int64)
+
+    ids, dist = _query_chunks(query, k, lo0, hi0, chunk_size, progress)
+    return KnnResult(ids, dist, "kdtree", 1.0, 0, time.perf_counter() - t0)
+
+
+def _query_chunks(query, k: int, lo0: int, hi0: int, chunk_size: int, progress: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``lo0:hi0`` queried ``chunk_size`` at a time: ``query(lo, hi) -> (dist, idx)``
+    with k+1 columns; returns (ids, dist) of shape (hi0 - lo0, k) without the self matches."""
     ids = np.empty((hi0 - lo0, k), dtype=np.int64)
     dist = np.empty((hi0 - lo0, k), dtype=np.float32)
     for lo in _progress(range(lo0, hi0, chunk_size), progress, "kNN",
                         -(-(hi0 - lo0) // chunk_size)):
         hi = min(lo + chunk_size, hi0)
-        dd, idx = tree.query(X[lo:hi], kk, workers=-1)
-        dd, idx = dd.reshape(hi - lo, kk), idx.reshape(hi - lo, kk)
+        dd, idx = query(lo, hi)
         ids[lo - lo0:hi - lo0], dist[lo - lo0:hi - lo0] = _drop_self(
-            idx.astype(np.int64), dd, np.arange(lo, hi), k)
-    return KnnResult(ids, dist, "kdtree", 1.0, 0, time.perf_counter() - t0)
+            idx, dd, np.arange(lo, hi), k)
+    return ids, dist
 
 
 def _drop_self(idx: np.ndarray, d2: np.ndarray, rows: np.ndarray, k: int):
