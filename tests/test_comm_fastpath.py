@@ -120,3 +120,36 @@ def test_merge_matches_dense_sum(n: int, parts: int, density: float, seed: int) 
     if not out.is_dense:
         assert out.indices.dtype == torch.int64
         assert bool((out.indices[1:] > out.indices[:-1]).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 400), st.sampled_from([torch.float32, torch.float64]),
+       st.integers(0, 2**31 - 1))
+def test_numpy_merge_equals_torch_merge_and_the_dense_sum(
+        streams: int, n: int, dtype: torch.dtype, seed: int) -> None:
+    """The small-input numpy merge gives the torch path's indices and (within rounding) its
+    sums, and both equal the dense sum."""
+    import oncoscale.comm.sparse as S
+
+    gen = torch.Generator().manual_seed(seed)
+    vecs = []
+    for _ in range(streams):
+        k = int(torch.randint(0, n + 1, (1,), generator=gen))
+        idx = torch.randperm(n, generator=gen)[:k].sort().values
+        vecs.append(C.SparseVector(idx, torch.randn(k, generator=gen, dtype=dtype), n))
+    fast = S.merge(vecs, value_bytes=1e9)  # a huge value width keeps the result sparse
+    old = S._NUMPY_MERGE_MAX
+    S._NUMPY_MERGE_MAX = -1  # force the torch path
+    try:
+        slow = S.merge(vecs, value_bytes=1e9)
+    finally:
+        S._NUMPY_MERGE_MAX = old
+    dense = sum(v.to_dense() for v in vecs)
+    assert fast.dtype == slow.dtype == dtype
+    assert torch.equal(fast.to_dense() != 0, slow.to_dense() != 0) or \
+        torch.allclose(fast.to_dense(), slow.to_dense())
+    if not fast.is_dense and not slow.is_dense:
+        assert torch.equal(fast.indices, slow.indices)
+        assert fast.indices.dtype == torch.int64
+    assert torch.allclose(fast.to_dense(), dense, atol=1e-5)
+    assert torch.allclose(slow.to_dense(), dense, atol=1e-5)

@@ -44,10 +44,11 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from oncoscale.comm._backend import DoneWork, Work, check_op
-from oncoscale.comm.costmodel import ALGORITHMS, AUTO_CANDIDATES, calibrated
+from oncoscale.comm.costmodel import ALGORITHMS, AUTO_CANDIDATES, CostModel, calibrated
 from oncoscale.comm.quant import (
     CastCodec,
     QSGDCodec,
@@ -337,15 +338,19 @@ def _dsar(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
     return _split_allgather(g, cur, codec, seed, rows, dense_gather=True)
 
 
+def _dense_input(cur: SparseVector, codec: ValueCodec) -> torch.Tensor:
+    """The dense tensor the engine's allreduce sums (a new tensor; the codec's dtype)."""
+    t = cur.values.clone() if cur.is_dense else cur.to_dense()  # to_dense is a new tensor
+    return t.to(codec.dtype) if isinstance(codec, CastCodec) else t
+
+
 def _dense(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
-           rows: list[list[int]]) -> SparseVector:
+           rows: list[list[int]], prepared: torch.Tensor | None = None) -> SparseVector:
     if codec.lossy and not isinstance(codec, CastCodec):
         raise ConfigurationError(
             f"algorithm='dense' uses the engine's allreduce and cannot carry {codec!r}; "
             "use a sparse algorithm or codec None/'fp16'/'bf16'")
-    t = cur.values.clone() if cur.is_dense else cur.to_dense()  # to_dense is a new tensor
-    if isinstance(codec, CastCodec):
-        t = t.to(codec.dtype)
+    t = _dense_input(cur, codec) if prepared is None else prepared
     _backend(g).allreduce(t, "sum", g, channel=True)
     return SparseVector(None, t.to(cur.dtype), cur.size, check=False)
 
@@ -425,23 +430,35 @@ def _range_counts(vec: SparseVector, p: int) -> list[int]:
         return [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
     if vec.values.numel() != vec.indices.numel():
         return [0] * p
-    cuts = torch.searchsorted(vec.indices, torch.tensor(bounds, device=vec.device)).tolist()
+    if vec.indices.device.type == "cpu":
+        cuts = np.searchsorted(vec.indices.numpy(), bounds).tolist()
+    else:
+        cuts = torch.searchsorted(vec.indices, torch.tensor(bounds, device=vec.device)).tolist()
     return [hi - lo for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
-def _gather_fixed(g: Group, buf: torch.Tensor) -> list[torch.Tensor]:
-    """Allgather of equal-size uint8 buffers; two ranks swap them point to point (one message
-    each way, cheaper than the engine's allgather on gloo)."""
+_P2P_HEADER_MAX = 8  # groups up to this size swap headers point to point (all posted at once)
+
+
+def _post_fixed(g: Group, buf: torch.Tensor) -> Callable[[], list[torch.Tensor]]:
+    """Start an allgather of equal-size uint8 buffers; returns ``finish()`` -> every rank's
+    buffer in group-rank order. Small groups post one message to and from every peer at
+    once (cheaper than the engine's allgather on gloo, and the caller can work while the
+    messages travel); larger groups use the engine's allgather, done before returning."""
     b = _backend(g)
-    if g.size != 2:
-        return b.allgather(buf, g, channel=True)
-    other = torch.empty_like(buf)
-    peer = 1 - g.rank
-    works = [b.irecv(other, peer, g, tag=3, channel=True),
-             b.isend(buf, peer, g, tag=3, channel=True)]
-    for w in works:
-        w.wait()
-    return [buf, other] if g.rank == 0 else [other, buf]
+    if g.size > _P2P_HEADER_MAX:
+        parts = b.allgather(buf, g, channel=True)
+        return lambda: parts
+    out = [buf if j == g.rank else torch.empty_like(buf) for j in range(g.size)]
+    works = [b.irecv(out[j], j, g, tag=3, channel=True) for j in range(g.size) if j != g.rank]
+    works += [b.isend(buf, j, g, tag=3, channel=True) for j in range(g.size) if j != g.rank]
+
+    def finish() -> list[torch.Tensor]:
+        for w in works:
+            w.wait()
+        return out
+
+    return finish
 
 
 def _eager_cap(g: Group) -> int:
@@ -469,7 +486,8 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
            codec: ValueCodec, same_size: bool = True,
            payload: Callable[[], tuple[torch.Tensor, Any]] | None = None,
            payload_bytes: Callable[[], int] | None = None,
-           ) -> tuple[list[list[int]], list[torch.Tensor] | None, Any]:
+           meanwhile: Callable[[], Any] | None = None,
+           ) -> tuple[list[list[int]], list[torch.Tensor] | None, Any, Any]:
     """One fixed-size allgather: a header per rank (and its whole message when small), then
     the same error on every rank if anything is wrong.
 
@@ -477,8 +495,9 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
     needed, message included (0/1), then the nnz in each of the group's p split ranges (so
     split algorithms know every message size in advance). ``payload()`` makes this rank's
     message (and what the receivers will decode), ``payload_bytes()`` its exact size; it is
-    only made when it fits the agreed capacity. Returns (rows, every rank's message or None
-    unless all fitted, this rank's decoded payload or None).
+    only made when it fits the agreed capacity. ``meanwhile()`` runs while the headers
+    travel (local work that does not need them). Returns (rows, every rank's message or
+    None unless all fitted, this rank's decoded payload or None, ``meanwhile()``'s result).
     """
     if not isinstance(vec, SparseVector):
         raise InputError(f"{what} expects a SparseVector, found {type(vec).__name__}")
@@ -501,8 +520,10 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
          _OP_CODE.get(op, 0), need, included, *counts], dtype=torch.int64))
     if included and need:
         buf[hb:hb + need].copy_(msg)
-    gathered = _gather_fixed(g, buf)
-    rows = torch.stack([x[:hb] for x in gathered]).view(torch.int64).tolist()
+    finish = _post_fixed(g, buf)
+    extra = meanwhile() if meanwhile is not None and not flags else None
+    gathered = finish()
+    rows = [x[:hb].numpy().view(np.int64).tolist() for x in gathered]
     # the capacity history: every rank records the same numbers (before any error is
     # raised); a call that cannot go eager (explicit algorithm) counts as a miss (0)
     can = len({row[6] for row in rows}) == 1 and rows[0][6] in _EAGER_CODES
@@ -534,7 +555,7 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
     parts = None
     if all(row[9] for row in rows):
         parts = [x[hb:hb + row[8]] for x, row in zip(gathered, rows, strict=True)]
-    return rows, parts, mine
+    return rows, parts, mine, extra
 
 
 def _next_seed(g: Group) -> int:
@@ -570,8 +591,11 @@ def choose_algorithm(group: Group, nnz: list[int], size: int, dtype: torch.dtype
                      codec: str | ValueCodec | None = None) -> str:
     """What ``algorithm="auto"`` picks for per-rank non-zeros ``nnz`` (calibrates if needed;
     collective on first use for the group)."""
-    c = get_codec(codec)
-    model = calibrated(group)
+    return _choose(calibrated(group), group.size, nnz, size, dtype, get_codec(codec))
+
+
+def _choose(model: CostModel, p: int, nnz: list[int], size: int, dtype: torch.dtype,
+            c: ValueCodec) -> str:
     acc = _acc_dtype(dtype)
     # QSGD values cannot use the engine's allreduce; its split algorithms decode and
     # re-encode every piece, which the model does not price: exchange whole streams instead
@@ -579,8 +603,22 @@ def choose_algorithm(group: Group, nnz: list[int], size: int, dtype: torch.dtype
         else ("recursive_doubling", "allgather")
     dense_bytes = (torch.empty((), dtype=c.dtype).element_size() if isinstance(c, CastCodec)
                    else torch.empty((), dtype=acc).element_size())
-    return model.choose(group.size, size, nnz, c.value_bytes(acc), index_bytes_for(size),
-                        cands, dense_bytes=dense_bytes)
+    return model.choose(p, size, nnz, c.value_bytes(acc), index_bytes_for(size), cands,
+                        dense_bytes=dense_bytes)
+
+
+def _likely_dense(g: Group, vec: SparseVector, algorithm: str, c: ValueCodec) -> bool:
+    """Will this call (probably) run the engine's dense allreduce? ``"auto"`` asks the
+    group's cost model, if already calibrated, as if every rank held this rank's nnz.
+    Local guess only: it decides what to prepare while the headers travel, never the
+    algorithm."""
+    if algorithm == "dense":
+        return True
+    if algorithm != "auto" or (c.lossy and not isinstance(c, CastCodec)):
+        return False
+    model = g.world.cache.get(("costmodel", g.ranks))
+    return model is not None and _choose(model, g.size, [vec.nnz] * g.size, vec.size,
+                                         vec.dtype, c) == "dense"
 
 
 def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | None = None,
@@ -618,11 +656,15 @@ def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | 
             return box[0]
 
         eager = g.size > 1 and algorithm in _EAGER_ALGOS
-        rows, parts, mine = _agree(
+        # densify while the headers travel when the engine's allreduce is the likely choice
+        prepare = g.size > 1 and isinstance(vec, SparseVector) and _likely_dense(
+            g, vec, algorithm, c)
+        rows, parts, mine, prepared = _agree(
             g, vec, "sparse_allreduce", algorithm, op, c,
             payload=(lambda: _encode(converted(), c, _seed(seed, 0, g.rank), not c.lossy))
             if eager else None,
-            payload_bytes=lambda: _msg_bytes(vec.nnz, vec.size, vec.is_dense, c, acc))
+            payload_bytes=lambda: _msg_bytes(vec.nnz, vec.size, vec.is_dense, c, acc),
+            meanwhile=(lambda: _dense_input(converted(), c)) if prepare else None)
         cur = converted()
         if g.size == 1:
             result = cur.compact()
@@ -636,7 +678,8 @@ def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | 
             nnz = [row[2] for row in rows]
             alg = algorithm if algorithm != "auto" else choose_algorithm(g, nnz, vec.size,
                                                                          vec.dtype, c)
-            result = _IMPL[alg](g, cur, c, seed, rows)
+            result = _dense(g, cur, c, seed, rows, prepared) if alg == "dense" else \
+                _IMPL[alg](g, cur, c, seed, rows)
         g.world.cache[("last_algorithm", g.ranks)] = alg
         g.world.cache[("last_eager", g.ranks)] = parts is not None
         if op == "avg":
@@ -670,7 +713,7 @@ def sparse_allgather(vec: SparseVector, group: Group | None = None, async_op: bo
     def run() -> list[SparseVector]:
         seed = _next_seed(g)
         eager = g.size > 1
-        rows, parts, mine = _agree(
+        rows, parts, mine, _ = _agree(
             g, vec, "sparse_allgather", "auto", "sum", c, same_size=False,
             payload=(lambda: _encode(vec, c, _seed(seed, g.rank))) if eager else None,
             payload_bytes=lambda: _msg_bytes(vec.nnz, vec.size, vec.is_dense, c, vec.dtype))
