@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_comm.py --quick     # 1M entries, p = 2 and 4
     .venv/bin/python benchmarks/bench_comm.py             # 1M and 10M entries
+    .venv/bin/python benchmarks/bench_comm.py --link-rate 1gbit --sizes 1000000  # shaped lo
 
 Launches torchrun jobs (world sizes 2 and 4) that time our sparse allreduce algorithms and
 "auto" against the dense allreduce of the same engine, torch's gloo sparse COO all_reduce and
@@ -33,11 +34,15 @@ def main() -> None:
                     help="fractions of non-zeros per rank (default 0.0001 0.001 0.01 0.1 0.5)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default="bench-out/comm.json")
+    ap.add_argument("--link-rate", default=None, metavar="RATE",
+                    help="shape the loopback to RATE (tc syntax, e.g. 1gbit) for the run: a "
+                         "bandwidth-bound link (needs root and tc)")
     a = ap.parse_args()
     run_benchmark(quick=a.quick, world_sizes=tuple(a.world_sizes),
                   sizes=tuple(a.sizes) if a.sizes else None, repeats=a.repeats,
                   out=a.out,
-                  densities=tuple(a.densities) if a.densities else None)
+                  densities=tuple(a.densities) if a.densities else None,
+                  link_rate=a.link_rate)
 
 
 if __name__ == "__main__":

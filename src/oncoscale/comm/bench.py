@@ -11,6 +11,7 @@ are measured and compared with the cost model. Used by ``benchmarks/bench_comm.p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -182,19 +183,30 @@ def _fmt_table(rows: list[dict]) -> str:
 def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
                   sizes: tuple[int, ...] | None = None, repeats: int | None = None,
                   out: str | Path = "bench-out/comm.json",
-                  densities: tuple[float, ...] | None = None) -> dict:
-    """Run the whole benchmark; print tables; write JSON to ``out`` atomically."""
+                  densities: tuple[float, ...] | None = None,
+                  link_rate: str | None = None) -> dict:
+    """Run the whole benchmark; print tables; write JSON to ``out`` atomically.
+
+    ``link_rate`` (e.g. ``"1gbit"``): run every job over a loopback shaped to that rate
+    (:func:`oncoscale.comm.linkshape.shaped_loopback`; root and ``tc`` needed), with the
+    cost model calibrated afresh on the shaped link."""
     from oncoscale._io import atomic_write_text
+    from oncoscale.comm.linkshape import shaped_loopback
 
     sizes = sizes or ((1_000_000,) if quick else (1_000_000, 10_000_000))
     repeats = repeats or (3 if quick else 5)
-    result: dict[str, Any] = {"machine": _machine(), "collectives": []}
-    for p in world_sizes:
-        extra = ["--part", "collectives", "--repeats", str(repeats), "--sizes",
-                 *map(str, sizes), "--densities", *map(str, densities or DENSITIES)]
-        rows = _launch(p, extra, timeout=3600 * max(1, p // 2))
-        result["collectives"].extend(rows)
-        print(_fmt_table(rows), flush=True)
+    result: dict[str, Any] = {"machine": _machine(), "link": link_rate or "loopback",
+                              "collectives": []}
+    with shaped_loopback(link_rate) if link_rate else contextlib.nullcontext() as qdisc:
+        if qdisc:
+            print(f"loopback shaped: {qdisc}", flush=True)
+            result["qdisc"] = qdisc
+        for p in world_sizes:
+            extra = ["--part", "collectives", "--repeats", str(repeats), "--sizes",
+                     *map(str, sizes), "--densities", *map(str, densities or DENSITIES)]
+            rows = _launch(p, extra, timeout=3600 * max(1, p // 2))
+            result["collectives"].extend(rows)
+            print(_fmt_table(rows), flush=True)
     result["goals"] = _goals(result["collectives"])
     print(_fmt_goals(result["goals"]), flush=True)
     atomic_write_text(out, json.dumps(result, indent=1))
