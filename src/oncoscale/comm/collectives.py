@@ -49,6 +49,7 @@ import torch
 
 from oncoscale.comm._backend import DoneWork, Work, check_op
 from oncoscale.comm.costmodel import ALGORITHMS, AUTO_CANDIDATES, CostModel, calibrated
+from oncoscale.comm.indexcodec import decode_indices, encode_indices, wire_index_bytes
 from oncoscale.comm.quant import (
     CastCodec,
     QSGDCodec,
@@ -61,7 +62,6 @@ from oncoscale.comm.quant import (
 from oncoscale.comm.sparse import (
     SparseVector,
     index_bytes_for,
-    index_dtype_for,
     merge,
     prefers_dense,
 )
@@ -106,7 +106,7 @@ def _encode(vec: SparseVector, codec: ValueCodec, seed: int, want_decoded: bool 
     vector size allows."""
     m, dev = vec.size, vec.device
     vb = codec.value_bytes(vec.dtype)
-    if vec.is_dense or prefers_dense(vec.nnz, m, vb):
+    if vec.is_dense or _wire_dense(vec.nnz, m, vb):
         if vec.is_dense:
             vals = vec.values
         elif (codec.lossy or not want_decoded) and vec.dtype == torch.float32:
@@ -132,7 +132,7 @@ def _encode(vec: SparseVector, codec: ValueCodec, seed: int, want_decoded: bool 
         idx = vec.indices
         body = codec.encode(vals, seed)
         head = torch.tensor([0, vec.nnz], dtype=torch.int64, device=dev)
-        parts = [head.view(torch.uint8), idx.to(index_dtype_for(m)).view(torch.uint8), body]
+        parts = [head.view(torch.uint8), encode_indices(idx, m), body]
     msg = torch.cat(parts)
     if not want_decoded:
         return msg, None
@@ -154,11 +154,17 @@ def _sum_msgs(msgs: list[torch.Tensor], m: int, codec: ValueCodec, dtype: torch.
     return merge([_decode(x, m, codec, dtype) for x in msgs])
 
 
+def _wire_dense(nnz: int, m: int, value_bytes: float) -> bool:
+    """The stream rule on the wire: a dense message once the sparse one (indices in their
+    smaller wire format, :mod:`oncoscale.comm.indexcodec`) would not be smaller."""
+    return m > 0 and nnz * value_bytes + wire_index_bytes(nnz, m) >= m * value_bytes
+
+
 def _msg_bytes(nnz: int, m: int, dense: bool, codec: ValueCodec, dtype: torch.dtype) -> int:
     """Exact size of the message :func:`_encode` makes for ``nnz`` entries of an m-vector."""
-    if dense or prefers_dense(nnz, m, codec.value_bytes(dtype)):
+    if dense or _wire_dense(nnz, m, codec.value_bytes(dtype)):
         return _HEADER + codec.nbytes(m, dtype)
-    return _HEADER + nnz * index_bytes_for(m) + codec.nbytes(nnz, dtype)
+    return _HEADER + int(wire_index_bytes(nnz, m)) + codec.nbytes(nnz, dtype)
 
 
 def _decode(msg: torch.Tensor, m: int, codec: ValueCodec, dtype: torch.dtype) -> SparseVector:
@@ -167,10 +173,9 @@ def _decode(msg: torch.Tensor, m: int, codec: ValueCodec, dtype: torch.dtype) ->
     body = msg[_HEADER:]
     if kind == 1:
         return SparseVector(None, codec.decode(body, m, dtype), m, check=False)
-    idt = index_dtype_for(m)
-    ib = index_bytes_for(m)
-    idx = view_as(body[: count * ib], idt).to(torch.int64)
-    vals = codec.decode(body[count * ib:], count, dtype)
+    ib = int(wire_index_bytes(count, m))
+    idx = decode_indices(body[:ib], count, m)
+    vals = codec.decode(body[ib:], count, dtype)
     return SparseVector(idx, vals, m, check=False)
 
 

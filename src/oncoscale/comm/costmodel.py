@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from oncoscale._io import atomic_write_text
+from oncoscale.comm.indexcodec import packed_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
@@ -82,7 +83,9 @@ class CostModel:
             return n * (1.0 - (1.0 - d) ** m)
 
         def msg(x: float, length: float) -> float:  # sparse or dense, by the stream rule
-            return min(x * (ib + vb), length * vb) + HEADER_BYTES
+            # indices travel as ib-byte integers or bucketed (indexcodec), the smaller
+            wire_ib = x * ib if x <= 0 else min(x * ib, packed_bytes(x, int(length)))
+            return min(x * vb + wire_ib, length * vb) + HEADER_BYTES
 
         def merge_cost(x: float, length: float) -> float:
             dense = x * (ib + vb) >= length * vb
