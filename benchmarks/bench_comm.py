@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_comm.py --quick     # 1M entries, p = 2 and 4
     .venv/bin/python benchmarks/bench_comm.py             # 1M and 10M entries
     .venv/bin/python benchmarks/bench_comm.py --link-rate 1gbit --sizes 1000000  # shaped lo
+    .venv/bin/python benchmarks/bench_comm.py --backend mpi    # mpiexec + mpi4py engine
 
 Launches torchrun jobs (world sizes 2 and 4) that time our sparse allreduce algorithms and
 "auto" against the dense allreduce of the same engine, torch's gloo sparse COO all_reduce and
@@ -37,12 +38,15 @@ def main() -> None:
     ap.add_argument("--link-rate", default=None, metavar="RATE",
                     help="shape the loopback to RATE (tc syntax, e.g. 1gbit) for the run: a "
                          "bandwidth-bound link (needs root and tc)")
+    ap.add_argument("--backend", choices=("torch", "mpi"), default="torch",
+                    help="torch: torchrun + gloo (default); mpi: mpiexec + mpi4py, against "
+                         "MPI_Allreduce")
     a = ap.parse_args()
     run_benchmark(quick=a.quick, world_sizes=tuple(a.world_sizes),
                   sizes=tuple(a.sizes) if a.sizes else None, repeats=a.repeats,
                   out=a.out,
                   densities=tuple(a.densities) if a.densities else None,
-                  link_rate=a.link_rate)
+                  link_rate=a.link_rate, backend=a.backend)
 
 
 if __name__ == "__main__":

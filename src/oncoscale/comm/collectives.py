@@ -169,7 +169,9 @@ def _msg_bytes(nnz: int, m: int, dense: bool, codec: ValueCodec, dtype: torch.dt
 
 def _decode(msg: torch.Tensor, m: int, codec: ValueCodec, dtype: torch.dtype) -> SparseVector:
     """Inverse of :func:`_encode` for a vector of ``m`` entries."""
-    kind, count = (int(x) for x in view_as(msg[:_HEADER], torch.int64).tolist())
+    head = msg[:_HEADER]
+    kind, count = (head.numpy() if head.device.type == "cpu" else head.cpu().numpy()
+                   ).view(np.int64).tolist()
     body = msg[_HEADER:]
     if kind == 1:
         return SparseVector(None, codec.decode(body, m, dtype), m, check=False)
@@ -539,7 +541,6 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
     def table(col: int) -> str:
         return ", ".join(f"rank {g.ranks[i]}: {row[col]}" for i, row in enumerate(rows))
 
-    names = {c: str(d).replace("torch.", "") for d, c in _DTYPE_CODE.items()}
     bad = [(g.ranks[i], row[4]) for i, row in enumerate(rows) if row[4]]
     if bad:
         text = "; ".join(f"rank {rk}: " + ", ".join(t for f, t in _FLAG_TEXT.items() if fl & f)
@@ -549,6 +550,7 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
         raise InputError(f"{what}: vector sizes differ across ranks ({table(0)}); every rank "
                          "must pass a vector of the same size")
     if len({row[1] for row in rows}) > 1:
+        names = {c: str(d).replace("torch.", "") for d, c in _DTYPE_CODE.items()}
         found = ", ".join(f"rank {g.ranks[i]}: {names.get(row[1], '?')}"
                           for i, row in enumerate(rows))
         raise InputError(f"{what}: value dtypes differ across ranks ({found}); cast every "
