@@ -46,8 +46,12 @@ def test_round_trip_size_and_choice(case: tuple[torch.Tensor, int]) -> None:
     # the torch implementation (used on GPUs) writes and reads the same bytes
     if IC.uses_packed(k, n):
         nb = -(-n // IC.BUCKET)
-        assert torch.equal(IC._encode_torch(idx, nb), buf)
-        assert torch.equal(IC._decode_torch(buf, k, nb), idx)
+        assert torch.equal(IC._pack_torch(idx, nb), buf)
+        assert torch.equal(IC._unpack_torch(buf, k, nb), idx)
+    # the bucketed format on its own (always packed) round-trips too
+    packed = IC.pack_indices(idx, n)
+    assert packed.numel() == IC.packed_bytes(k, n)
+    assert torch.equal(IC.unpack_indices(packed, k, n), idx)
 
 
 def test_decodes_from_a_misaligned_slice_of_a_message() -> None:

@@ -42,23 +42,7 @@ def encode_indices(idx: torch.Tensor, n: int) -> torch.Tensor:
         return torch.empty(0, dtype=torch.uint8, device=idx.device)
     if not uses_packed(k, n):
         return idx.to(index_dtype_for(n)).contiguous().view(torch.uint8)
-    nb = -(-n // BUCKET)
-    if idx.device.type == "cpu":
-        x = idx.numpy()
-        starts = np.arange(0, (nb + 1) * BUCKET, BUCKET, dtype=np.int64)
-        counts = np.diff(np.searchsorted(x, starts))
-        out = np.empty(nb + k, dtype=np.uint8)
-        out[:nb] = counts
-        out[nb:] = x - np.repeat(starts[:-1], counts)
-        return torch.from_numpy(out)
-    return _encode_torch(idx, nb)
-
-
-def _encode_torch(idx: torch.Tensor, nb: int) -> torch.Tensor:
-    """Bucketed format with torch ops (any device)."""
-    bucket = torch.div(idx, BUCKET, rounding_mode="floor")
-    counts = torch.bincount(bucket, minlength=nb).to(torch.uint8)
-    return torch.cat([counts, (idx - bucket * BUCKET).to(torch.uint8)])
+    return pack_indices(idx, n)
 
 
 def decode_indices(buf: torch.Tensor, nnz: int, n: int) -> torch.Tensor:
@@ -71,17 +55,44 @@ def decode_indices(buf: torch.Tensor, nnz: int, n: int) -> torch.Tensor:
         except RuntimeError:  # a misaligned slice of a larger message
             view = raw.clone().view(dt)
         return view.to(torch.int64)
+    return unpack_indices(buf, nnz, n)
+
+
+def pack_indices(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Sorted unique int64 indices of an ``n``-vector -> the bucketed format, always
+    (``packed_bytes(len(idx), n)`` uint8: per-bucket counts, then offsets)."""
     nb = -(-n // BUCKET)
-    if buf.device.type == "cpu":
-        b = buf.numpy()
-        bases = np.repeat(np.arange(0, nb * BUCKET, BUCKET, dtype=np.int64),
-                          b[:nb].astype(np.int64))
-        return torch.from_numpy(bases + b[nb:nb + nnz])
-    return _decode_torch(buf, nnz, nb)
+    if idx.device.type != "cpu":
+        return _pack_torch(idx, nb)
+    x = idx.numpy()
+    starts = np.arange(0, (nb + 1) * BUCKET, BUCKET, dtype=np.int64)
+    counts = np.diff(np.searchsorted(x, starts))
+    out = np.empty(nb + x.size, dtype=np.uint8)
+    out[:nb] = counts
+    out[nb:] = x - np.repeat(starts[:-1], counts)
+    return torch.from_numpy(out)
 
 
-def _decode_torch(buf: torch.Tensor, nnz: int, nb: int) -> torch.Tensor:
-    """Inverse of :func:`_encode_torch` (any device)."""
+def unpack_indices(buf: torch.Tensor, nnz: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_indices` (``buf`` may be longer: only its head is read)."""
+    nb = -(-n // BUCKET)
+    if buf.device.type != "cpu":
+        return _unpack_torch(buf, nnz, nb)
+    b = buf.numpy()
+    bases = np.repeat(np.arange(0, nb * BUCKET, BUCKET, dtype=np.int64),
+                      b[:nb].astype(np.int64))
+    return torch.from_numpy(bases + b[nb:nb + nnz])
+
+
+def _pack_torch(idx: torch.Tensor, nb: int) -> torch.Tensor:
+    """Bucketed format with torch ops (any device)."""
+    bucket = torch.div(idx, BUCKET, rounding_mode="floor")
+    counts = torch.bincount(bucket, minlength=nb).to(torch.uint8)
+    return torch.cat([counts, (idx - bucket * BUCKET).to(torch.uint8)])
+
+
+def _unpack_torch(buf: torch.Tensor, nnz: int, nb: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_torch` (any device)."""
     counts = buf[:nb].to(torch.int64)
     bases = torch.repeat_interleave(
         torch.arange(0, nb * BUCKET, BUCKET, dtype=torch.int64, device=buf.device), counts)
