@@ -141,9 +141,10 @@ class CostModel:
         faster than ``margin`` x its time (the model does not price every copy, and the
         engine's own implementation is the safer bet when the two are close).
         """
+        k = sum(nnz) / len(nnz)
         if "dense" in candidates and n and \
-                sum(nnz) / len(nnz) * (index_bytes + value_bytes) >= n * value_bytes:
-            return "dense"  # the inputs are dense by the stream rule: nothing to save
+                k * value_bytes + min(k * index_bytes, packed_bytes(k, n)) >= n * value_bytes:
+            return "dense"  # the inputs are dense by the (wire) stream rule: nothing to save
         times = {alg: self.predict(alg, p, n, nnz, value_bytes, index_bytes,
                                    dense_bytes).seconds for alg in candidates}
         best = min(candidates, key=times.__getitem__)
