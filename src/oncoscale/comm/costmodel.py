@@ -15,6 +15,7 @@ ranks (max over ranks) and cached in memory per world and on disk in
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -58,6 +59,7 @@ class CostModel:
     beta_ag: float = 1e-9
     gamma_sparse: float = 5e-8
     gamma_dense: float = 1e-9
+    gamma_scatter: float = 5e-9
 
     def as_tensor(self) -> torch.Tensor:
         return torch.tensor([getattr(self, f.name) for f in fields(self)], dtype=torch.float64)
@@ -87,14 +89,15 @@ class CostModel:
             wire_ib = x * ib if x <= 0 else min(x * ib, packed_bytes(x, int(length)))
             return min(x * vb + wire_ib, length * vb) + HEADER_BYTES
 
-        def merge_cost(x: float, length: float) -> float:
+        def merge_cost(x: float, length: float) -> float:  # x entries into a length-vector
             dense = x * (ib + vb) >= length * vb
-            return self.gamma_dense * length if dense else self.gamma_sparse * x
+            return self.gamma_dense * length + self.gamma_scatter * x if dense \
+                else self.gamma_sparse * x
 
         a, b = self.alpha, self.beta
         if algorithm == "dense":
-            return Prediction(self.alpha_ar + self.beta_ar * n * db + self.gamma_dense * n,
-                              2 * (p - 1) / p * n * db)
+            return Prediction(self.alpha_ar + self.beta_ar * n * db + self.gamma_dense * n
+                              + self.gamma_scatter * k, 2 * (p - 1) / p * n * db)
         if algorithm == "allgather":
             total = sum(msg(x, n) for x in nnz)
             return Prediction(self.alpha_ag + self.beta_ag * total
@@ -141,16 +144,26 @@ class CostModel:
         faster than ``margin`` x its time (the model does not price every copy, and the
         engine's own implementation is the safer bet when the two are close).
         """
+        return _choose(self, p, n, tuple(nnz), value_bytes, index_bytes, tuple(candidates),
+                       dense_bytes, margin)
+
+    def _choose(self, p: int, n: int, nnz: tuple[int, ...], value_bytes: float,
+                index_bytes: float, candidates: tuple[str, ...], dense_bytes: float | None,
+                margin: float) -> str:
         k = sum(nnz) / len(nnz)
         if "dense" in candidates and n and \
                 k * value_bytes + min(k * index_bytes, packed_bytes(k, n)) >= n * value_bytes:
             return "dense"  # the inputs are dense by the (wire) stream rule: nothing to save
-        times = {alg: self.predict(alg, p, n, nnz, value_bytes, index_bytes,
+        times = {alg: self.predict(alg, p, n, list(nnz), value_bytes, index_bytes,
                                    dense_bytes).seconds for alg in candidates}
         best = min(candidates, key=times.__getitem__)
         if "dense" in times and best != "dense" and times[best] > margin * times["dense"]:
             return "dense"
         return best
+
+
+# the same call pattern (e.g. TopK's fixed k every step) asks the same question every call
+_choose = functools.lru_cache(maxsize=4096)(CostModel._choose)
 
 
 # -- calibration -----------------------------------------------------------------------------
@@ -160,7 +173,8 @@ def _cache_file() -> Path:
 
 
 def _key(group: Group) -> str:
-    return f"{group.backend}|p={group.size}|{socket.gethostname()}"
+    # v2: gamma_scatter and the bucketed index format; older entries are measured anew
+    return f"v2|{group.backend}|p={group.size}|{socket.gethostname()}"
 
 
 def _timeit(fn, repeats: int = 5) -> float:  # noqa: ANN001
@@ -211,6 +225,7 @@ def _measure(group: Group) -> CostModel:
     g_sparse = _timeit(sparse_merge) / (2 * ia.numel())
     dense_a, dense_b = torch.zeros(n), torch.ones(n)
     g_dense = _timeit(lambda: dense_a.add_(dense_b)) / n
+    g_scatter = _timeit(lambda: dense_a.index_add_(0, ia, va)) / ia.numel()
     # one message each way whose size the receiver knows: one latency
     alpha = max(t_small, 1e-7)
     beta = max((t_big - t_small) / big, 1e-12)
@@ -219,7 +234,8 @@ def _measure(group: Group) -> CostModel:
         alpha_ar=max(ar_small, 1e-7), beta_ar=max((ar_big - ar_small) / big, 1e-12),
         alpha_ag=max(ag_small, 1e-7),
         beta_ag=max((ag_big - ag_small) / (part.numel() * p), 1e-12),
-        gamma_sparse=max(g_sparse, 1e-10), gamma_dense=max(g_dense, 1e-12))
+        gamma_sparse=max(g_sparse, 1e-10), gamma_dense=max(g_dense, 1e-12),
+        gamma_scatter=max(g_scatter, 1e-12))
     # agree on the median over ranks: one descheduled rank on a shared machine must not
     # set the model for everyone (identical data -> identical choice on every rank)
     table = torch.stack(backend.allgather(model.as_tensor(), group, channel=True))

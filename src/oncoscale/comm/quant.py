@@ -55,11 +55,11 @@ class ValueCodec:
 
     def value_bytes(self, dtype: torch.dtype) -> float:
         """Wire bytes per value (amortised)."""
-        return torch.empty((), dtype=self.dtype or dtype).element_size()
+        return (self.dtype or dtype).itemsize
 
     def nbytes(self, n: int, dtype: torch.dtype) -> int:
         """Exact wire bytes of ``n`` values."""
-        return n * torch.empty((), dtype=self.dtype or dtype).element_size()
+        return n * (self.dtype or dtype).itemsize
 
     def encode(self, values: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         """Values -> uint8 tensor of ``nbytes(len(values))`` bytes (``seed``: for the

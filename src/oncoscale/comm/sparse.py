@@ -242,7 +242,7 @@ def merge(vectors: Sequence[SparseVector], *, value_bytes: float | None = None) 
     for v in vectors[1:]:
         dtype = torch.promote_types(dtype, v.dtype)
     device = vectors[0].device
-    vb = torch.empty((), dtype=dtype).element_size() if value_bytes is None else value_bytes
+    vb = dtype.itemsize if value_bytes is None else value_bytes
     if len(vectors) == 1:
         v = vectors[0]
         return v.to(dtype).compact(vb) if v.dtype != dtype else v.compact(vb)
@@ -283,21 +283,31 @@ _NUMPY_MERGE_MAX = 1 << 16  # stored entries: below this numpy's fixed cost per 
 def _merge_numpy(vectors: Sequence[SparseVector], size: int, dtype: torch.dtype
                  ) -> SparseVector:
     """:func:`merge` of sparse CPU vectors with numpy (small inputs: a fraction of torch's
-    per-call overhead). A stable sort of the concatenated sorted runs (timsort: linear in
-    the runs) keeps equal indices in stream order; ``reduceat`` adds them in that order, so
-    every rank that merges the same streams gets the same bits."""
+    per-call overhead)."""
     nd = np.float32 if dtype == torch.float32 else np.float64
-    idx = np.concatenate([v.indices.detach().numpy() for v in vectors])
-    vals = np.concatenate([v.values.detach().numpy().astype(nd, copy=False) for v in vectors])
+    idx, vals = sum_sorted_runs([v.indices.detach().numpy() for v in vectors],
+                                [v.values.detach().numpy().astype(nd, copy=False)
+                                 for v in vectors])
+    return SparseVector(torch.from_numpy(idx), torch.from_numpy(vals), size, check=False)
+
+
+def sum_sorted_runs(indices: Sequence[np.ndarray], values: Sequence[np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of sparse streams given as numpy (sorted unique indices, values) pairs ->
+    (int64 sorted unique indices, summed values). A stable sort of the concatenated runs
+    (timsort: linear in the runs) keeps equal indices in stream order; ``reduceat`` adds
+    them in that order, so every rank that merges the same streams gets the same bits."""
+    idx = np.concatenate(indices)
+    vals = np.concatenate(values)
+    if not idx.size:
+        return idx.astype(np.int64), vals
     order = np.argsort(idx, kind="stable")
     ordered = idx[order]
     first = np.empty(ordered.size, dtype=bool)
     first[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
     starts = np.flatnonzero(first)
-    summed = np.add.reduceat(vals[order], starts)
-    return SparseVector(torch.from_numpy(ordered[starts].astype(np.int64, copy=False)),
-                        torch.from_numpy(summed), size, check=False)
+    return ordered[starts].astype(np.int64, copy=False), np.add.reduceat(vals[order], starts)
 
 
 def _expected_union(vectors: Sequence[SparseVector]) -> float:
