@@ -49,7 +49,12 @@ import torch
 
 from oncoscale.comm._backend import DoneWork, Work, check_op
 from oncoscale.comm.costmodel import ALGORITHMS, AUTO_CANDIDATES, CostModel, calibrated
-from oncoscale.comm.indexcodec import decode_indices, encode_indices, wire_index_bytes
+from oncoscale.comm.indexcodec import (
+    decode_indices,
+    encode_indices,
+    wire_index_bytes,
+    wire_prefers_dense,
+)
 from oncoscale.comm.quant import (
     CastCodec,
     QSGDCodec,
@@ -107,7 +112,7 @@ def _encode(vec: SparseVector, codec: ValueCodec, seed: int, want_decoded: bool 
     vector size allows."""
     m, dev = vec.size, vec.device
     vb = codec.value_bytes(vec.dtype)
-    if vec.is_dense or _wire_dense(vec.nnz, m, vb):
+    if vec.is_dense or wire_prefers_dense(vec.nnz, m, vb):
         if vec.is_dense:
             vals = vec.values
         elif (codec.lossy or not want_decoded) and vec.dtype == torch.float32:
@@ -163,12 +168,6 @@ def _sum_msgs(msgs: list[torch.Tensor], m: int, codec: ValueCodec, dtype: torch.
     return merge([_decode(x, m, codec, dtype) for x in msgs])
 
 
-def _wire_dense(nnz: int, m: int, value_bytes: float) -> bool:
-    """The stream rule on the wire: a dense message once the sparse one (indices in their
-    smaller wire format, :mod:`oncoscale.comm.indexcodec`) would not be smaller."""
-    return m > 0 and nnz * value_bytes + wire_index_bytes(nnz, m) >= m * value_bytes
-
-
 def _sum_eager(parts: list[torch.Tensor], mine: SparseVector, rank: int, m: int,
                codec: ValueCodec, dtype: torch.dtype) -> SparseVector:
     """Sum of the messages of an eager call (``mine``: this rank's, decoded). Sparse float32 /
@@ -197,7 +196,7 @@ def _sum_eager(parts: list[torch.Tensor], mine: SparseVector, rank: int, m: int,
 
 def _msg_bytes(nnz: int, m: int, dense: bool, codec: ValueCodec, dtype: torch.dtype) -> int:
     """Exact size of the message :func:`_encode` makes for ``nnz`` entries of an m-vector."""
-    if dense or _wire_dense(nnz, m, codec.value_bytes(dtype)):
+    if dense or wire_prefers_dense(nnz, m, codec.value_bytes(dtype)):
         return _HEADER + codec.nbytes(m, dtype)
     return _HEADER + int(wire_index_bytes(nnz, m)) + codec.nbytes(nnz, dtype)
 

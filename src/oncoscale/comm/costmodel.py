@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from oncoscale._io import atomic_write_text
-from oncoscale.comm.indexcodec import packed_bytes
+from oncoscale.comm.indexcodec import packed_bytes, wire_prefers_dense
 
 if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
@@ -151,8 +151,7 @@ class CostModel:
                 index_bytes: float, candidates: tuple[str, ...], dense_bytes: float | None,
                 margin: float) -> str:
         k = sum(nnz) / len(nnz)
-        if "dense" in candidates and n and \
-                k * value_bytes + min(k * index_bytes, packed_bytes(k, n)) >= n * value_bytes:
+        if "dense" in candidates and wire_prefers_dense(k, n, value_bytes, index_bytes):
             return "dense"  # the inputs are dense by the (wire) stream rule: nothing to save
         times = {alg: self.predict(alg, p, n, list(nnz), value_bytes, index_bytes,
                                    dense_bytes).seconds for alg in candidates}

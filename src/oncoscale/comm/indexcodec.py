@@ -35,6 +35,18 @@ def wire_index_bytes(nnz: float, n: int) -> float:
     return min(nnz * index_bytes_for(n), packed_bytes(nnz, n))
 
 
+def wire_prefers_dense(nnz: float, n: int, value_bytes: float,
+                       index_bytes: float | None = None) -> bool:
+    """The stream rule on the wire: a dense message (``n`` values) once the sparse one
+    (``nnz`` values and their indices in the smaller format) would not be smaller.
+    ``index_bytes``: width of a plain index (default: int32/int64 by ``n``)."""
+    ib = index_bytes_for(n) if index_bytes is None else index_bytes
+    if n <= 0:
+        return False
+    idx = min(nnz * ib, packed_bytes(nnz, n)) if nnz > 0 else 0
+    return nnz * value_bytes + idx >= n * value_bytes
+
+
 def encode_indices(idx: torch.Tensor, n: int) -> torch.Tensor:
     """Sorted unique int64 indices -> uint8 wire bytes (format chosen by :func:`uses_packed`)."""
     k = idx.numel()
