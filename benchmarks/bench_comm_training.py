@@ -4,8 +4,10 @@ Trains the GDC autoencoder (demo's synthetic GDC project; held-out reconstructio
 small CNN (synthetic pathology patches; validation accuracy) on 2 and 4 real ranks
 (torchrun, gloo, OMP_NUM_THREADS=1) with: plain DDP, our DDP hook dense (byte reference),
 TopK 1 % + error feedback through sparse_allreduce, and through the packed allgather with
-fp32 and fp16 values. Prints a table and a pass/fail goal summary; writes
-bench-out/comm_training.json.
+fp32 and fp16 values, + LocalAdam (Adam's direction compressed), + CSER-style local models
+(``local_error``: the variant that reaches dense Adam on the autoencoder), and, with
+``--cnn-momentum 0.9``, DGC momentum correction on the CNN. Prints a table and a pass/fail
+goal summary; writes bench-out/comm_training.json.
 
     .venv/bin/python benchmarks/bench_comm_training.py [--quick]
 """
@@ -30,10 +32,14 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--ae-steps", type=int, default=None)
     ap.add_argument("--cnn-steps", type=int, default=None)
+    ap.add_argument("--cnn-momentum", type=float, default=None,
+                    help="train the CNN with momentum SGD (enables the _dgc variant)")
+    ap.add_argument("--cnn-lr", type=float, default=None, help="CNN learning rate")
     a = ap.parse_args()
     steps = {k: v for k, v in (("ae", a.ae_steps), ("cnn", a.cnn_steps)) if v}
     run_benchmark(quick=a.quick, world_sizes=tuple(a.world_sizes), models=tuple(a.models),
-                  variants=tuple(a.variants), steps=steps or None, out=a.out)
+                  variants=tuple(a.variants), steps=steps or None, out=a.out,
+                  cnn_momentum=a.cnn_momentum, cnn_lr=a.cnn_lr)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,14 @@ weights with each variant, on the same per-rank batches:
                    :class:`~oncoscale.comm.compress.BucketPacking` messages (1-byte offsets in
                    255-entry buckets + per-bucket counts + fp32 values)
 ``topk_ef_packed_fp16`` as above with fp16 values (the rounding goes into the residual)
+``topk_ef_packed_fp16_ladam`` as above, compressing each rank's Adam direction
+                   (:class:`~oncoscale.comm.compress.LocalAdam`), applied with SGD at Adam's lr
+``topk_ef_packed_fp16_ladam_local`` as above with CSER-style local models
+                   (``local_error=True``): each rank's gradient is taken at its own model,
+                   which already carries its unsent update; evaluated on the shared model
+``topk_ef_packed_fp16_dgc`` (models trained with momentum > 0 only) DGC momentum
+                   correction (:class:`~oncoscale.comm.compress.MomentumCorrection`): the
+                   velocity is kept and compressed on each rank, SGD without momentum
 
 Models: (a) the GDC autoencoder of :mod:`oncoscale.pipeline` (tied ``Autoencoder(genes,
 1000)``, Adam) on the demo's synthetic GDC project (``pipeline.DEMO_SYNTHETIC``), metric =
@@ -25,6 +33,7 @@ validation accuracy. Bytes per rank are counted by our backend (``world.stats``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -35,8 +44,12 @@ from typing import Any
 import numpy as np
 
 VARIANTS = ("plain_ddp", "dense_hook", "topk_ef", "topk_ef_packed", "topk_ef_packed_fp16",
-            "topk_ef_packed_fp16_ladam")
-COMPRESSED = ("topk_ef", "topk_ef_packed", "topk_ef_packed_fp16", "topk_ef_packed_fp16_ladam")
+            "topk_ef_packed_fp16_ladam", "topk_ef_packed_fp16_ladam_local",
+            "topk_ef_packed_fp16_dgc")
+COMPRESSED = ("topk_ef", "topk_ef_packed", "topk_ef_packed_fp16", "topk_ef_packed_fp16_ladam",
+              "topk_ef_packed_fp16_ladam_local", "topk_ef_packed_fp16_dgc")
+# variants that replace the optimizer by plain SGD (their direction comes from the hook)
+SGD_VARIANTS = ("_ladam", "_ladam_local", "_dgc")
 
 
 # ------------------------------------------------------------------------------ data (driver)
@@ -113,9 +126,9 @@ def small_cnn(n_classes: int = 2) -> Any:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n_classes))
 
 
-def _hook_for(variant: str) -> Any:
+def _hook_for(variant: str, lr: float = 1e-3, momentum: float = 0.0) -> Any:
     import oncoscale.comm as C
-    from oncoscale.comm.compress import TopK
+    from oncoscale.comm.compress import LocalAdam, MomentumCorrection, TopK
 
     if variant == "plain_ddp":
         return None
@@ -130,11 +143,17 @@ def _hook_for(variant: str) -> Any:
         return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
                                algorithm="packed_allgather", codec="fp16")
     if variant == "topk_ef_packed_fp16_ladam":
-        from oncoscale.comm.compress import LocalAdam
-
         return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
                                algorithm="packed_allgather", codec="fp16",
                                local_adam=LocalAdam())
+    if variant == "topk_ef_packed_fp16_ladam_local":  # lr: replaced by the optimizer below
+        return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
+                               algorithm="packed_allgather", codec="fp16",
+                               transform=LocalAdam(), local_error=True, lr=lr)
+    if variant == "topk_ef_packed_fp16_dgc":
+        return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
+                               algorithm="packed_allgather", codec="fp16",
+                               transform=MomentumCorrection(momentum))
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
@@ -217,13 +236,16 @@ def _train_variant(task: _Task, world: Any, variant: str, steps: int, eval_every
 
     net = task.model()
     ddp = DistributedDataParallel(net)
-    hook = _hook_for(variant)
+    hook = _hook_for(variant, task.lr, task.momentum)
     if hook is not None:
         ddp.register_comm_hook(hook.state, hook)
-    if variant.endswith("_ladam"):  # Adam's direction comes from the hook: apply it with SGD
+    if variant.endswith(SGD_VARIANTS):  # the direction comes from the hook: apply it with SGD
         opt = torch.optim.SGD(ddp.parameters(), lr=task.lr)
+        if hook.state.local_error:
+            hook.state.lr = opt  # read the optimizer's lr at every step
     else:
         opt = task.optimizer(ddp.parameters())
+    shared = hook.state.shared_parameters if hook is not None else contextlib.nullcontext
     curve: list[tuple[int, float]] = []
     world.barrier()
     world.stats.reset()
@@ -236,12 +258,15 @@ def _train_variant(task: _Task, world: Any, variant: str, steps: int, eval_every
         opt.step()
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             t1 = time.perf_counter()  # learning curve: not part of the step time
-            curve.append((step + 1, next(iter(task.evaluate(net).values()))))
+            with shared():  # local_error: the shared model, not this rank's local one
+                curve.append((step + 1, next(iter(task.evaluate(net).values()))))
             paused += time.perf_counter() - t1
     world.barrier()
     secs = time.perf_counter() - t0 - paused
     sent = world.stats.reset().bytes_sent
-    flat = torch.cat([q.detach().reshape(-1) for q in net.parameters()])
+    with shared():
+        flat = torch.cat([q.detach().reshape(-1).clone() for q in net.parameters()])
+        final = task.evaluate(net)
     sums = world.allgather(torch.stack([flat.sum(), flat.abs().sum()]).double())
     agree = all(bool(torch.allclose(s, sums[0], rtol=1e-9, atol=0)) for s in sums)
     world.stats.reset()
@@ -251,9 +276,9 @@ def _train_variant(task: _Task, world: Any, variant: str, steps: int, eval_every
     if hook is not None:
         st = hook.state
         out["sent_fraction"] = st.sent_entries / max(1, st.dense_entries)
-    out.update(task.evaluate(net))
+    out.update(final)
     if eval_every:
-        out["curve"] = [*curve, (steps, next(iter(task.evaluate(net).values())))]
+        out["curve"] = [*curve, (steps, next(iter(final.values())))]
     return out
 
 
@@ -408,8 +433,13 @@ def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
                   models: tuple[str, ...] = ("ae", "cnn"), variants: tuple[str, ...] = VARIANTS,
                   steps: dict[str, int] | None = None, out: str | Path =
                   "bench-out/comm_training.json", cache_dir: str | Path =
-                  "bench-out/comm_training_data", log: Any = print) -> dict[str, Any]:
-    """Prepare data, run every (model, world size) job, print the table and goals, write JSON."""
+                  "bench-out/comm_training_data", log: Any = print,
+                  cnn_momentum: float | None = None, cnn_lr: float | None = None
+                  ) -> dict[str, Any]:
+    """Prepare data, run every (model, world size) job, print the table and goals, write JSON.
+
+    ``cnn_momentum`` / ``cnn_lr``: train the CNN with momentum SGD instead of the default
+    (plain SGD, lr 0.1); the ``_dgc`` variant (momentum correction) runs only then."""
     from oncoscale._io import atomic_write_text
 
     cache_dir = Path(cache_dir)
@@ -424,8 +454,15 @@ def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
     for model in models:
         full, short, opt, lr, mom, every = SETTINGS[model]
         n_steps = (steps or {}).get(model, short if quick else full)
-        # LocalAdam replaces Adam: only for the model trained with Adam
-        mine = [v for v in variants if opt == "adam" or not v.endswith("_ladam")]
+        if model == "cnn" and cnn_momentum is not None:
+            mom = cnn_momentum
+        if model == "cnn" and cnn_lr is not None:
+            lr = cnn_lr
+        # LocalAdam replaces Adam: only for the model trained with Adam; DGC momentum
+        # correction replaces momentum SGD: only where the model is trained with momentum
+        mine = [v for v in variants
+                if (opt == "adam" or not v.endswith(("_ladam", "_ladam_local")))
+                and (mom > 0 or not v.endswith("_dgc"))]
         for p in world_sizes:
             t0 = time.perf_counter()
             job = launch(p, ["--model", model, "--data", str(data[model]), "--steps",
