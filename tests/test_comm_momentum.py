@@ -153,6 +153,22 @@ def test_momentum_correction_clipping_and_errors() -> None:
     assert la.state == {}
 
 
+def test_bucket_state_relaid_out_on_rebuild() -> None:
+    """DDP's bucket rebuild (same parameters, new order): residuals and transform state move
+    with their parameters; a bucket of other parameters drops them."""
+    from oncoscale.comm.ddp import _remap
+
+    old = ((11, 3), (22, 2), (33, 4))
+    new = ((33, 4), (11, 3), (22, 2))
+    x = torch.arange(9.0)
+    got = _remap(x, old, new)
+    assert torch.equal(got, torch.tensor([5.0, 6, 7, 8, 0, 1, 2, 3, 4]))
+    m, v = _remap((x, x * 2, 7), old, new)[:2]
+    assert torch.equal(v, got * 2)
+    assert _remap(x, old, ((11, 3), (44, 2), (33, 4))) is None
+    assert _remap(torch.arange(5.0), old, new) is None
+
+
 # ----------------------------------------------------------------------------- 2 ranks
 @pytest.mark.multiproc
 def test_two_ranks_dgc_momentum_correction_trains_cnn() -> None:
