@@ -21,31 +21,39 @@ from oncoscale.comm.compress import Compressor, GradientCompression, LocalTransf
 from oncoscale.comm.world import Group, default_world
 from oncoscale.errors import ConfigurationError
 
+Layout = tuple[tuple[int, int], ...]  # (id(param), numel) in bucket order
 
-def _remap(value: Any, old: tuple[tuple[int, int], ...], new: tuple[tuple[int, int], ...]
-           ) -> Any:
-    """Per-bucket state laid out by the ``old`` (param id, numel) order -> the ``new`` order
-    (tensors, or tuples holding tensors, of the bucket's length); ``None`` if not possible."""
-    if sorted(old) != sorted(new):
+
+def _split(value: Any, layout: Layout) -> dict[int, Any] | None:
+    """Per-bucket state (a tensor, or a tuple holding tensors, of the bucket's length) ->
+    one piece per parameter id; ``None`` if the lengths do not match the layout."""
+    n = sum(c for _, c in layout)
+    items = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(x, torch.Tensor) and x.numel() != n for x in items):
         return None
-    n = sum(c for _, c in old)
-    start, off = {}, 0
-    for pid, c in old:
-        start[pid] = off
+    out, off = {}, 0
+    for pid, c in layout:
+        piece = tuple(x[off:off + c] if isinstance(x, torch.Tensor) else x for x in items)
+        out[pid] = piece if isinstance(value, tuple) else piece[0]
         off += c
-    order = [(start[pid], c) for pid, c in new]
+    return out
 
-    def one(x: Any) -> Any:
-        if not isinstance(x, torch.Tensor):
-            return x
-        if x.numel() != n:
-            raise ValueError
-        return torch.cat([x[a:a + c] for a, c in order]) if order else x.clone()
 
-    try:
-        return tuple(one(x) for x in value) if isinstance(value, tuple) else one(value)
-    except ValueError:
+def _join(pieces: list[Any]) -> Any:
+    """Per-parameter pieces (in bucket order) -> one per-bucket state."""
+    if not isinstance(pieces[0], tuple):
+        return torch.cat(pieces)
+    return tuple(torch.cat([p[i] for p in pieces]) if isinstance(x, torch.Tensor) else x
+                 for i, x in enumerate(pieces[0]))
+
+
+def _remap(value: Any, old: Layout, new: Layout) -> Any:
+    """Per-bucket state laid out by the ``old`` (param id, numel) order -> the ``new`` order;
+    ``None`` if ``new`` holds a parameter that ``old`` does not."""
+    pieces = _split(value, old)
+    if pieces is None or any(pid not in pieces for pid, _ in new):
         return None
+    return _join([pieces[pid] for pid, _ in new])
 
 
 class DDPCompressionState:
@@ -136,25 +144,32 @@ class DDPCompressionState:
         """Error-feedback key of a DDP bucket: its index and the identity, size and order of
         its parameters. DDP rebuilds its buckets once after the first step (gradient-ready
         order), so the same index may then hold its parameters in another order: the
-        residual (and the transform's state) is then re-laid out parameter by parameter.
-        If the bucket now holds other parameters, the old state is dropped rather than
-        added to the wrong entries."""
+        residual, the shared model and the transform's state are then re-laid out parameter
+        by parameter, also when parameters move between buckets (taken from the old
+        buckets' state). A parameter found in no old bucket gets no state (zero residual,
+        and with ``local_error`` its current value as the shared model)."""
         index = bucket.index()
         params = list(bucket.parameters())
-        layout = tuple((id(p), p.numel()) for p in params)
-        old = self._layout.get(index)
-        if old != layout:
+        layout: Layout = tuple((id(p), p.numel()) for p in params)
+        if self._layout.get(index) != layout:
             self._params[index] = params
-            if old is not None:
-                stores = [self.sync.feedback.memory, self.shared]
-                if self.sync.transform is not None:
-                    stores.append(self.sync.transform.state)
-                for store in stores:
-                    value = store.pop((index, old), None)
-                    moved = None if value is None else _remap(value, old, layout)
-                    if moved is not None:
-                        store[(index, layout)] = moved
             self._layout[index] = layout
+            stores = [self.sync.feedback.memory, self.shared]
+            if self.sync.transform is not None:
+                stores.append(self.sync.transform.state)
+            claimed = {pid for lay in self._layout.values() for pid, _ in lay}
+            for store in stores:
+                # a parameter is in one current bucket: its state is in the one old entry
+                # that holds it (the other entries cannot hold a parameter of this layout)
+                pool: dict[int, Any] = {}
+                for (j, lay), value in list(store.items()):
+                    pieces = _split(value, lay)
+                    if pieces is not None:
+                        pool.update({pid: pieces[pid] for pid, _ in layout if pid in pieces})
+                    if self._layout.get(j) != lay and all(pid in claimed for pid, _ in lay):
+                        del store[(j, lay)]  # every parameter of it has moved on
+                if all(pid in pool for pid, _ in layout):
+                    store[(index, layout)] = _join([pool[pid] for pid, _ in layout])
         return (index, layout)
 
     @property
