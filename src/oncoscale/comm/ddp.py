@@ -7,6 +7,23 @@ Works with plain ``torch.nn.parallel.DistributedDataParallel`` (gloo or NCCL). T
 averages every gradient bucket over the group (default: the world, adopting the process
 group that DDP uses) on oncoscale's communication thread and returns a future, so DDP keeps
 overlapping backward computation with communication.
+
+Optimizers with state, with TopK-style compression (see ``benchmarks/comm_training.md``):
+
+* momentum SGD: DGC momentum correction, the velocity is kept and compressed per rank::
+
+    hook = ddp_comm_hook(TopK(0.01), transform=MomentumCorrection(0.9))
+    opt = torch.optim.SGD(ddp_model.parameters(), lr=lr)            # no momentum here
+
+* Adam: compress each rank's Adam direction and keep each rank's unsent update in its own
+  local model (CSER-style), evaluate/save the shared model::
+
+    hook = ddp_comm_hook(TopK(0.01), transform=LocalAdam(), local_error=True, lr=1e-3)
+    opt = torch.optim.SGD(ddp_model.parameters(), lr=1e-3)
+    hook.state.lr = opt                                            # follows LR schedulers
+    ...
+    with hook.state.shared_parameters():
+        evaluate(model)
 """
 
 from __future__ import annotations
@@ -21,10 +38,10 @@ from oncoscale.comm.compress import Compressor, GradientCompression, LocalTransf
 from oncoscale.comm.world import Group, default_world
 from oncoscale.errors import ConfigurationError
 
-Layout = tuple[tuple[int, int], ...]  # (id(param), numel) in bucket order
+_BucketLayout = tuple[tuple[int, int], ...]  # (id(param), numel) in bucket order
 
 
-def _split(value: Any, layout: Layout) -> dict[int, Any] | None:
+def _split(value: Any, layout: _BucketLayout) -> dict[int, Any] | None:
     """Per-bucket state (a tensor, or a tuple holding tensors, of the bucket's length) ->
     one piece per parameter id; ``None`` if the lengths do not match the layout."""
     n = sum(c for _, c in layout)
@@ -47,7 +64,7 @@ def _join(pieces: list[Any]) -> Any:
                  for i, x in enumerate(pieces[0]))
 
 
-def _remap(value: Any, old: Layout, new: Layout) -> Any:
+def _remap(value: Any, old: _BucketLayout, new: _BucketLayout) -> Any:
     """Per-bucket state laid out by the ``old`` (param id, numel) order -> the ``new`` order;
     ``None`` if ``new`` holds a parameter that ``old`` does not."""
     pieces = _split(value, old)
@@ -150,7 +167,7 @@ class DDPCompressionState:
         and with ``local_error`` its current value as the shared model)."""
         index = bucket.index()
         params = list(bucket.parameters())
-        layout: Layout = tuple((id(p), p.numel()) for p in params)
+        layout: _BucketLayout = tuple((id(p), p.numel()) for p in params)
         if self._layout.get(index) != layout:
             self._params[index] = params
             self._layout[index] = layout
