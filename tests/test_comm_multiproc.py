@@ -139,14 +139,6 @@ def _emit(rank: int, info: dict) -> None:
     os.write(1, f"RESULT {rank} {json.dumps(info)}\n".encode())
 
 
-def _exit_now() -> None:
-    """Leave without running C++ static destructors: gloo occasionally aborts there
-    ("terminate called without an active exception") after a clean shutdown."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks on purpose
     import numpy as np
     import torch
@@ -380,8 +372,6 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
     _emit(rank, info)
     _ = np
     world.shutdown()
-    if backend == "torch":  # under mpiexec a normal exit lets mpi4py finalize MPI
-        _exit_now()
 
 
 def _ddp() -> None:
@@ -429,7 +419,6 @@ def _ddp() -> None:
     _emit(rank, info)
     dist.barrier()
     world.shutdown()
-    _exit_now()
 
 
 def _fault(mode: str) -> None:
@@ -463,7 +452,7 @@ def _fault(mode: str) -> None:
         print("FAULT " + json.dumps({"error": type(exc).__name__, "message": str(exc),
                                      "what": what, "seconds": time.monotonic() - t0}),
               flush=True)
-    os._exit(0)  # do not wait for engine threads of a broken world
+    # a normal exit: the atexit hook of oncoscale.comm releases the broken world, bounded
 
 
 if __name__ == "__main__":

@@ -253,11 +253,6 @@ def _worker_main() -> None:
     world = init()  # the world fit() joined; shut it down cleanly (barrier, then teardown)
     world.barrier()
     world.shutdown()
-    # gloo can abort at interpreter exit after a clean shutdown ("terminate called without
-    # an active exception"); the results are written, so leave without running finalisers
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 # ----------------------------------------------------------------------------- pytest side

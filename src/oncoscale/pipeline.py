@@ -616,8 +616,4 @@ def demo(out_dir: str | Path, config: PipelineConfig | None = None, *, progress:
 if __name__ == "__main__":  # one rank of a multi-rank training run
     import sys
 
-    _rank_main(sys.argv[1:])
-    # gloo can abort at interpreter exit after a finished run; the outputs are written
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    _rank_main(sys.argv[1:])  # oncoscale.comm shuts its world down at exit

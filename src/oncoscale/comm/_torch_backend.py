@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import socket
 from datetime import timedelta
@@ -80,6 +82,7 @@ class TorchBackend(Backend):
         self.rank = dist.get_rank()
         self.size = dist.get_world_size()
         self._world_channel: Any = None
+        self._created: list[Any] = []  # process groups made here, released by shutdown
 
     def _init(self, info: LaunchInfo) -> None:
         engine = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
@@ -126,11 +129,13 @@ class TorchBackend(Backend):
     def world_native(self) -> tuple[Any, Any]:
         if self._world_channel is None:
             self._world_channel = dist.new_group(list(range(self.size)), timeout=self._td)
+            self._created.append(self._world_channel)
         return dist.group.WORLD, self._world_channel
 
     def new_native_group(self, ranks: list[int]) -> tuple[Any, Any]:
         main = dist.new_group(ranks, timeout=self._td)
         chan = dist.new_group(ranks, timeout=self._td)
+        self._created += [main, chan]
         return main, chan
 
     # -- helpers --------------------------------------------------------------------------
@@ -234,5 +239,23 @@ class TorchBackend(Backend):
             t, group=self._pg(group, channel), async_op=True).wait())
 
     def shutdown(self) -> None:
-        if not self.adopted and dist.is_initialized():
-            dist.destroy_process_group()
+        """Destroy the process groups made here (all of them unless the default group was
+        the caller's). The caller drops its own handles first: a gloo group's worker threads
+        end (joined, with the GIL released) only when its last reference goes."""
+        created, self._created, self._world_channel = self._created, [], None
+        if not dist.is_initialized():
+            return
+        try:
+            if self.adopted:
+                for pg in reversed(created):
+                    with contextlib.suppress(ValueError):  # the caller destroyed it already
+                        dist.destroy_process_group(pg)
+            else:
+                dist.destroy_process_group()
+        except Exception as exc:  # noqa: BLE001
+            raise CommunicationError(
+                f"rank {self.rank}: releasing the torch.distributed process groups failed: "
+                f"{str(exc).strip()[:300]}") from exc
+        finally:
+            del created
+            gc.collect()  # groups held only by garbage cycles go now too, not at finalisation

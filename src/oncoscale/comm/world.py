@@ -8,12 +8,24 @@ Ranks given to :class:`Group` point-to-point and rooted operations are *group* r
 (``group.rank`` numbering, ``group.ranks[i]`` is the world rank of group rank ``i``); on the
 world group they equal world ranks. Creating a group is collective over the whole world:
 every rank calls :meth:`World.new_group` with the same ranks in the same order.
+
+Exit: :meth:`World.shutdown` finishes queued work and releases the engine; a script that
+never calls it is shut down by an ``atexit`` hook (bounded by :data:`EXIT_TIMEOUT`), so a
+finished job exits 0 on every rank without ``os._exit``. The engine's worker threads must
+be gone before the interpreter finalises: a gloo worker that drops the last reference to a
+tensor during finalisation needs the GIL, is ended by Python with ``pthread_exit`` inside a
+C++ frame, and the process aborts ("terminate called without an active exception").
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
+import os
+import queue
+import sys
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +39,7 @@ from oncoscale.errors import CommunicationError, ConfigurationError
 
 BACKENDS = ("auto", "torch", "mpi")
 DEFAULT_TIMEOUT = 300.0
+EXIT_TIMEOUT = 30.0  # seconds the exit hook waits for queued work (a dead peer cannot hang it)
 
 
 class Group:
@@ -85,6 +98,9 @@ class Group:
 
     # -- operations -------------------------------------------------------------------------
     def _check(self, what: str, peer: int | None = None) -> Backend:
+        if self.world._closed:
+            raise CommunicationError(
+                f"rank {self.world.rank}: {what} on a world that was shut down")
         if not self.is_member:
             raise ConfigurationError(
                 f"rank {self.world.rank} called {what} on a group it is not in "
@@ -163,6 +179,51 @@ class Layout:
         return None if self.partition_index == self.partitions - 1 else self.rank + 1
 
 
+class _CommThread:
+    """One daemon thread running queued callables in FIFO order (a world's sparse collectives).
+
+    A daemon, unlike a ``ThreadPoolExecutor`` worker, is not joined without a limit by the
+    interpreter before the ``atexit`` hooks run, so the exit hook can bound the wait.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any]) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        self._queue.put((fut, fn))
+        return fut
+
+    @staticmethod
+    def _run_one(fut: cf.Future, fn: Callable[[], Any]) -> None:
+        # a function of its own: no reference to the result outlives the call
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            self._run_one(*item)
+            del item
+
+    def stop(self, timeout: float | None) -> bool:
+        """Let queued work finish, then end the thread; ``False`` if it is still running."""
+        self._queue.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
 class World(Group):
     """All ranks of the job. Made by :func:`init`; a :class:`Group` of every rank.
 
@@ -179,14 +240,17 @@ class World(Group):
         self.device = device
         self.timeout = backend.timeout
         self._layouts: dict[tuple[int, int], Layout] = {}
-        self._executor: cf.ThreadPoolExecutor | None = None
+        self._thread: _CommThread | None = None
         self._executor_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one sparse collective at a time, in call order
         self._pending = 0
         self._closed = False
+        self._released = False
         self.cache: dict[Any, Any] = {}  # per-world memo (e.g. cost-model calibration)
         native, channel = backend.world_native()
         super().__init__(self, range(backend.size), native, channel)
+        self._groups: list[Group] = [self]  # every group made here, to release at shutdown
+        _LIVE.add(self)
 
     @property
     def stats(self) -> CommStats:
@@ -207,8 +271,14 @@ class World(Group):
                 f"group ranks must be distinct world ranks in [0, {self.size}), found {ranks}")
         if ranks == list(range(self.size)):
             return self
+        with self._executor_lock:
+            if self._closed:
+                raise CommunicationError(
+                    f"rank {self.rank}: new_group on a world that was shut down")
         native, channel = self._backend.new_native_group(ranks)
-        return Group(self, ranks, native, channel)
+        group = Group(self, ranks, native, channel)
+        self._groups.append(group)
+        return group
 
     def layout(self, replicas: int, partitions: int) -> Layout:
         """Arrange the world as ``replicas`` x ``partitions`` (collective; cached)."""
@@ -231,11 +301,10 @@ class World(Group):
         with self._executor_lock:
             if self._closed:
                 raise CommunicationError(f"rank {self.rank}: {what} on a world that was shut down")
-            if self._executor is None:
-                self._executor = cf.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix=f"oncoscale-comm-r{self.rank}")
+            if self._thread is None:
+                self._thread = _CommThread(f"oncoscale-comm-r{self.rank}")
             self._pending += 1
-            fut = self._executor.submit(self._serial, fn)
+            fut = self._thread.submit(lambda: self._serial(fn))
         return FutureWork(fut, what, self.rank, self.timeout * 4)
 
     def _serial(self, fn: Callable[[], Any]) -> Any:
@@ -264,23 +333,82 @@ class World(Group):
             with self._executor_lock:
                 self._pending -= 1
 
-    def shutdown(self) -> None:
-        """Finish queued work and release the engine (idempotent)."""
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Finish queued work and release the engine (idempotent, safe from any thread).
+
+        ``timeout`` (seconds, default the world's timeout) bounds the wait for queued
+        non-blocking work; past it (a peer rank died or never joins) this raises
+        :class:`CommunicationError` and leaves the engine in place (releasing it would wait
+        for the stuck operation). After a shutdown every operation on the world or its
+        groups raises :class:`CommunicationError`.
+        """
         global _DEFAULT
+        limit = self.timeout if timeout is None else float(timeout)
         with self._executor_lock:
-            if self._closed:
-                return
             self._closed = True
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
+            thread = self._thread
+        if thread is not None and not thread.stop(limit):
+            raise CommunicationError(
+                f"rank {self.rank}: shutdown: queued communication did not finish within "
+                f"{limit:g} s (a peer rank may have died or skipped a collective); "
+                "the engine was not released")
+        with self._executor_lock:
+            if self._released:
+                return
+            self._released = True
         # no barrier here: whether a rank saw a failure is local knowledge, and a barrier
-        # that only some ranks enter would cost the others the whole timeout
+        # that only some ranks enter would cost the others the whole timeout. Drop every
+        # handle on the engine's groups first, so that releasing the engine really ends
+        # its worker threads now, while the interpreter is still whole.
+        for group in self._groups:
+            group._native = group._channel = None
+        self._groups = []
+        self._layouts.clear()
         self._backend.shutdown()
+        _LIVE.discard(self)
         if _DEFAULT is self:
             _DEFAULT = None
 
 
 _DEFAULT: World | None = None
+_LIVE: weakref.WeakSet[World] = weakref.WeakSet()  # worlds not shut down yet
+_EXIT_HOOKED = False
+
+
+def _shutdown_at_exit() -> None:
+    """``atexit`` hook: shut down every live world before the interpreter finalises.
+
+    Runs in a helper thread bounded by :data:`EXIT_TIMEOUT` (or the world's timeout if
+    shorter): queued work and operations still in flight finish first, so peers that wait
+    for them are served. When they cannot finish (a peer died or never joins) the process
+    leaves at once with exit status 1 and a message on stderr: waiting would hang, and
+    finalising with the engine still busy would abort.
+    """
+    for world in list(_LIVE):
+        limit = min(world.timeout, EXIT_TIMEOUT)
+        errors: list[BaseException] = []
+        closer = threading.Thread(target=_close_into, args=(world, limit, errors),
+                                  name="oncoscale-comm-exit", daemon=True)
+        closer.start()
+        closer.join(limit + 5.0)
+        if closer.is_alive() or any(isinstance(e, CommunicationError) for e in errors):
+            why = (str(errors[0]) if errors else
+                   f"rank {world.rank}: releasing the {world.backend} engine did not finish "
+                   f"within {limit + 5.0:g} s (a peer rank may have died)")
+            sys.stdout.flush()
+            sys.stderr.write(f"oncoscale.comm: at exit: {why}; leaving without waiting\n")
+            sys.stderr.flush()
+            os._exit(1)
+        for exc in errors:  # best effort at exit: report, never mask the exit status
+            sys.stderr.write(f"oncoscale.comm: rank {world.rank}: shutdown at exit failed: "
+                             f"{exc}\n")
+
+
+def _close_into(world: World, limit: float, errors: list[BaseException]) -> None:
+    try:
+        world.shutdown(timeout=limit)
+    except BaseException as exc:  # noqa: BLE001 - reported by the exit hook
+        errors.append(exc)
 
 
 def _seconds(timeout: float | timedelta | None) -> float:
@@ -307,7 +435,7 @@ def init(backend: str = "auto", *, timeout: float | timedelta | None = None,
     and every blocking operation. ``device`` overrides the default ``cuda:<local_rank>``
     (or ``cpu``). Calling ``init`` again with the same backend returns the same world.
     """
-    global _DEFAULT
+    global _DEFAULT, _EXIT_HOOKED
     if backend not in BACKENDS:
         raise ConfigurationError(f"backend must be one of {BACKENDS}, found {backend!r}")
     info = discover()
@@ -332,6 +460,9 @@ def init(backend: str = "auto", *, timeout: float | timedelta | None = None,
         from oncoscale.comm._mpi_backend import MPIBackend
         engine = MPIBackend(info, seconds)
     world = World(engine, info, dev)
+    if not _EXIT_HOOKED:
+        atexit.register(_shutdown_at_exit)
+        _EXIT_HOOKED = True
     if _DEFAULT is None:
         _DEFAULT = world
     return world
