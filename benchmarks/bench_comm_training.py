@@ -35,11 +35,12 @@ def main() -> None:
     ap.add_argument("--cnn-momentum", type=float, default=None,
                     help="train the CNN with momentum SGD (enables the _dgc variant)")
     ap.add_argument("--cnn-lr", type=float, default=None, help="CNN learning rate")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     a = ap.parse_args()
     steps = {k: v for k, v in (("ae", a.ae_steps), ("cnn", a.cnn_steps)) if v}
     run_benchmark(quick=a.quick, world_sizes=tuple(a.world_sizes), models=tuple(a.models),
                   variants=tuple(a.variants), steps=steps or None, out=a.out,
-                  cnn_momentum=a.cnn_momentum, cnn_lr=a.cnn_lr)
+                  cnn_momentum=a.cnn_momentum, cnn_lr=a.cnn_lr, seed=a.seed)
 
 
 if __name__ == "__main__":

@@ -161,13 +161,14 @@ class _Task:
     """Model factory, optimizer, per-rank batches and the held-out metric of one benchmark."""
 
     def __init__(self, kind: str, data: str, global_batch: int, world: Any,
-                 opt: str | None = None, lr: float | None = None, momentum: float = 0.9
-                 ) -> None:
+                 opt: str | None = None, lr: float | None = None, momentum: float = 0.9,
+                 seed: int = 0) -> None:
         import torch
 
         self.opt = opt or ("adam" if kind == "ae" else "sgd")
         self.lr = lr or (1e-3 if self.opt == "adam" else 0.05)
         self.momentum = momentum
+        self.seed = seed  # initial weights (every variant starts from the same ones)
 
         self.kind, self.p, self.rank = kind, world.size, world.rank
         d = np.load(data)
@@ -186,7 +187,7 @@ class _Task:
 
         from oncoscale.models.autoencoder import Autoencoder
 
-        torch.manual_seed(0)
+        torch.manual_seed(self.seed)
         if self.kind == "ae":
             return Autoencoder(self.x.shape[1], 1000)  # as pipeline.train_autoencoder
         return small_cnn(2)
@@ -297,6 +298,7 @@ def _worker(argv: list[str]) -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--eval-every", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -307,9 +309,10 @@ def _worker(argv: list[str]) -> None:
 
     calibrated(world)
     task = _Task(args.model, args.data, args.global_batch, world, args.opt, args.lr,
-                 args.momentum)
+                 args.momentum, args.seed)
     params = sum(q.numel() for q in task.model().parameters())
     result: dict[str, Any] = {"model": args.model, "p": world.size, "params": params,
+                              "seed": args.seed,
                               "steps": args.steps, "global_batch": args.global_batch,
                               "per_rank_batch": task.per_rank, "optimizer": task.opt,
                               "lr": task.lr, "variants": {}}
@@ -434,12 +437,13 @@ def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
                   steps: dict[str, int] | None = None, out: str | Path =
                   "bench-out/comm_training.json", cache_dir: str | Path =
                   "bench-out/comm_training_data", log: Any = print,
-                  cnn_momentum: float | None = None, cnn_lr: float | None = None
-                  ) -> dict[str, Any]:
+                  cnn_momentum: float | None = None, cnn_lr: float | None = None,
+                  seed: int = 0) -> dict[str, Any]:
     """Prepare data, run every (model, world size) job, print the table and goals, write JSON.
 
     ``cnn_momentum`` / ``cnn_lr``: train the CNN with momentum SGD instead of the default
-    (plain SGD, lr 0.1); the ``_dgc`` variant (momentum correction) runs only then."""
+    (plain SGD, lr 0.1); the ``_dgc`` variant (momentum correction) runs only then.
+    ``seed``: seed of the initial weights (the batches do not depend on it)."""
     from oncoscale._io import atomic_write_text
 
     cache_dir = Path(cache_dir)
@@ -467,7 +471,8 @@ def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
             t0 = time.perf_counter()
             job = launch(p, ["--model", model, "--data", str(data[model]), "--steps",
                              str(n_steps), "--opt", opt, "--lr", str(lr), "--momentum",
-                             str(mom), "--eval-every", str(every), "--variants", *mine])
+                             str(mom), "--eval-every", str(every), "--seed", str(seed),
+                             "--variants", *mine])
             job["wall_s"] = time.perf_counter() - t0
             job["goals"] = goals(job)
             result["jobs"].append(job)
