@@ -21,6 +21,8 @@ from oncoscale.comm.compress import (
     ErrorFeedback,
     GradientCompression,
     LocalAdam,
+    LocalTransform,
+    MomentumCorrection,
     NoCompression,
     RandomK,
     Round,
@@ -35,6 +37,7 @@ from oncoscale.comm.world import Group, Layout, World, default_world, init
 
 __all__ = [
     "QSGD", "BucketPacking", "Compose", "Compressor", "LocalAdam", "Round",
+    "LocalTransform", "MomentumCorrection",
     "DDPCompressionState", "ErrorFeedback",
     "GradientCompression", "NoCompression", "RandomK", "Threshold", "TopK", "ddp_comm_hook",
     "ALGORITHMS", "CastCodec", "CommStats", "CostModel", "Group", "LaunchInfo", "Layout",
