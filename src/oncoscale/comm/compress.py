@@ -19,6 +19,7 @@ import torch
 
 from oncoscale.comm._backend import Work
 from oncoscale.comm.collectives import sparse_allreduce
+from oncoscale.comm.indexcodec import pack_indices, packed_bytes, unpack_indices
 from oncoscale.comm.quant import QSGDCodec, ValueCodec
 from oncoscale.comm.sparse import SparseVector
 from oncoscale.comm.world import Group, resolve_group
@@ -249,11 +250,11 @@ class BucketPacking:
     depends only on ``size`` and ``nnz``. Bytes: ``16 + ceil(size / 255) + nnz * (1 +
     value bytes)``, i.e. about 1.4 + 4 bytes per entry for TopK 1 % against 4 + 4 for an
     int32 index and a float32 value. Message (uint8): int64 ``size``, int64 ``nnz``, counts,
-    offsets, values.
+    offsets (:func:`oncoscale.comm.indexcodec.pack_indices`, the collectives' bucketed
+    index format), values.
     """
 
     HEADER = 16
-    BUCKET = 255
 
     def __init__(self, value_dtype: torch.dtype = torch.float32) -> None:
         if value_dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -264,26 +265,18 @@ class BucketPacking:
     def __repr__(self) -> str:
         return f"BucketPacking(value_dtype={self.value_dtype})"
 
-    def _rows(self, size: int) -> int:
-        return -(-size // self.BUCKET)
-
     def nbytes(self, size: int, nnz: int) -> int:
         """Exact message length for ``nnz`` entries of a vector of ``size`` entries."""
-        vb = torch.empty((), dtype=self.value_dtype).element_size()
-        return self.HEADER + self._rows(size) + nnz * (1 + vb)
+        return self.HEADER + int(packed_bytes(nnz, size)) + nnz * self.value_dtype.itemsize
 
     def pack(self, vec: SparseVector) -> torch.Tensor:
         """``vec`` -> uint8 message (a dense payload is packed by its non-zeros)."""
         if vec.is_dense:
             vec = vec.sparsify()
-        n, dev = vec.size, vec.device
-        idx = vec.indices
-        counts = torch.bincount(idx // self.BUCKET, minlength=self._rows(n)) if idx.numel() \
-            else torch.zeros(self._rows(n), dtype=torch.int64, device=dev)
-        head = torch.tensor([n, vec.nnz], dtype=torch.int64, device=dev).view(torch.uint8)
-        offs = (idx % self.BUCKET).to(torch.uint8)
+        head = torch.tensor([vec.size, vec.nnz], dtype=torch.int64,
+                            device=vec.device).view(torch.uint8)
         vals = vec.values.to(self.value_dtype).contiguous().view(torch.uint8)
-        return torch.cat([head, counts.to(torch.uint8), offs, vals])
+        return torch.cat([head, pack_indices(vec.indices, vec.size), vals])
 
     def unpack(self, msg: torch.Tensor, size: int, dtype: torch.dtype = torch.float32
                ) -> SparseVector:
@@ -292,17 +285,14 @@ class BucketPacking:
         if n != size:
             raise InputError(f"packed gradient message for {n} entries, expected {size} "
                              "(do all ranks train the same model?)")
-        rows = self._rows(size)
-        cut = self.HEADER + rows
-        counts = msg[self.HEADER:cut].to(torch.int64)
-        offs = msg[cut:cut + nnz].to(torch.int64)
-        base = torch.repeat_interleave(torch.arange(rows, device=msg.device) * self.BUCKET,
-                                       counts)
+        cut = self.HEADER + int(packed_bytes(0, size))
+        selected = int(msg[self.HEADER:cut].sum())
         vals = msg[cut + nnz:].clone().view(self.value_dtype).to(dtype)
-        if base.numel() != nnz or vals.numel() != nnz:
+        if selected != nnz or vals.numel() != nnz:
             raise InputError(f"packed gradient message is inconsistent: {nnz} entries, "
-                             f"counts sum to {base.numel()}, {vals.numel()} values")
-        return SparseVector(base + offs, vals, size, check=False)
+                             f"counts sum to {selected}, {vals.numel()} values")
+        return SparseVector(unpack_indices(msg[self.HEADER:], nnz, size), vals, size,
+                            check=False)
 
 
 def _fixed_nnz(compressor: Compressor) -> bool:
