@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -213,20 +214,8 @@ def test_bucket_state_follows_parameters_between_buckets() -> None:
 
 # ----------------------------------------------------------------------------- 2 ranks
 @pytest.mark.multiproc
-def test_two_ranks_dgc_momentum_correction_trains_cnn() -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(HERE.parents[1] / "src"))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(HERE),
-           "worker"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    rows = [json.loads(line.split(" ", 2)[2]) for line in out.splitlines()
-            if line.startswith("RESULT ")]
-    assert len(rows) == 2, out[-6000:]
-    failures = [f for r in rows for f in r["failures"]]
-    assert not failures, "\n".join(failures) + "\n" + out[-3000:]
+def test_two_ranks_dgc_momentum_correction_trains_cnn(run_ranks: Callable[..., Any]) -> None:
+    rows, out, proc = run_ranks(HERE, 2, timeout=300)
     res = rows[0]["results"]
     dense, naive, dgc = res["dense_momentum"], res["topk_ef_momentum"], res["topk_ef_dgc"]
     # momentum correction trains close to dense momentum SGD ...

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -184,20 +185,8 @@ def test_local_adam_is_torch_adams_direction(n: int, steps: int, seed: int, scal
 
 # ----------------------------------------------------------------------------- 2 ranks
 @pytest.mark.multiproc
-def test_two_ranks_hook_trains_like_plain_ddp(tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(HERE.parents[1] / "src"))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(HERE),
-           "worker"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    out = proc.stdout + proc.stderr
-    rows = [json.loads(line.split(" ", 2)[2]) for line in out.splitlines()
-            if line.startswith("RESULT ")]
-    assert len(rows) == 2, out[-6000:]
-    failures = [f for r in rows for f in r["failures"]]
-    assert not failures, "\n".join(failures) + "\n" + out[-3000:]
+def test_two_ranks_hook_trains_like_plain_ddp(run_ranks: Callable[..., Any]) -> None:
+    rows, out, proc = run_ranks(HERE, 2, timeout=240)
     assert proc.returncode == 0, out[-6000:]
     losses = rows[0]["losses"]
     # the hook with TopK 1 % + error feedback reaches plain DDP's loss within tolerance,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,28 +26,14 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               ONCOSCALE_CACHE_DIR=str(tmp_path), TOPO_TMP=str(tmp_path),
-               PYTHONPATH=str(HERE.parents[1] / "src"))
-    for key in [k for k in env if k.startswith(("SLURM_", "PMI_", "OMPI_COMM_WORLD"))]:
-        del env[key]
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
+    return {"MKL_NUM_THREADS": "1", "ONCOSCALE_CACHE_DIR": str(tmp_path),
+            "TOPO_TMP": str(tmp_path)}
 
 
 @pytest.mark.multiproc
-def test_graph_over_two_ranks_equals_one_process(tmp_path: Path) -> None:
-    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(HERE),
-           "worker"]
-    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    rows = [json.loads(line.split(" ", 2)[2]) for line in out.splitlines()
-            if line.startswith("RESULT ")]
-    assert len(rows) == 2, out[-6000:]
-    failures = [f for r in rows for f in r["failures"]]
-    assert not failures, "\n".join(failures) + "\n" + out[-3000:]
+def test_graph_over_two_ranks_equals_one_process(tmp_path: Path,
+                                                  run_ranks: Callable[..., Any]) -> None:
+    rows, out, proc = run_ranks(HERE, 2, timeout=300, env=_env(tmp_path))
     assert proc.returncode == 0, out[-6000:]
     assert sorted(r["rank"] for r in rows) == [0, 1]
     assert all(r["checks"] >= 10 for r in rows), rows
