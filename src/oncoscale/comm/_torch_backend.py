@@ -6,6 +6,8 @@ import contextlib
 import gc
 import os
 import socket
+import time
+import weakref
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -245,6 +247,7 @@ class TorchBackend(Backend):
         created, self._created, self._world_channel = self._created, [], None
         if not dist.is_initialized():
             return
+        refs = _weak_groups(created if self.adopted else None)
         try:
             if self.adopted:
                 for pg in reversed(created):
@@ -259,3 +262,22 @@ class TorchBackend(Backend):
         finally:
             del created
             gc.collect()  # groups held only by garbage cycles go now too, not at finalisation
+        if any(r() is not None for r in refs):
+            # a group still held elsewhere (e.g. by a live DDP model) keeps its worker
+            # threads; give them a moment to drop finished work while Python is whole
+            time.sleep(_LINGER)
+
+
+_LINGER = 0.2  # seconds
+
+
+def _weak_groups(groups: list[Any] | None) -> list[Any]:
+    """Weak references to ``groups`` (default: every group torch.distributed knows)."""
+    if groups is None:
+        world = getattr(dist.distributed_c10d, "_world", None)
+        groups = list(getattr(world, "pg_map", {}) or {})
+    refs = []
+    for pg in groups:
+        with contextlib.suppress(TypeError):
+            refs.append(weakref.ref(pg))
+    return refs
