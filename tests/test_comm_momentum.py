@@ -154,6 +154,18 @@ def test_momentum_correction_clipping_and_errors() -> None:
     assert la.state == {}
 
 
+def test_local_weight_errors() -> None:
+    from oncoscale.comm.ddp import DDPCompressionState
+
+    for bad in (0.0, -1.0, 1.5):
+        with pytest.raises(ConfigurationError, match="local_weight"):
+            DDPCompressionState(TopK(0.1), local_error=True, lr=0.1, local_weight=bad)
+    with pytest.raises(ConfigurationError, match="local_error=True only"):
+        DDPCompressionState(TopK(0.1), local_weight=0.5)
+    assert DDPCompressionState(TopK(0.1), local_error=True, lr=0.1,
+                               local_weight=0.25).local_weight == 0.25
+
+
 def test_bucket_state_relaid_out_on_rebuild() -> None:
     """DDP's bucket rebuild (same parameters, new order): residuals and transform state move
     with their parameters; a bucket of other parameters drops them."""
@@ -317,9 +329,10 @@ def _worker() -> None:  # pragma: no cover - runs under torchrun
         return local, shared, hook.state  # type: ignore[attr-defined]
 
     plain, _, _ = mlp_run(None)
-    for ratio in (0.05, 1.0):
+    for ratio, w in ((0.05, 1.0), (1.0, 1.0), (0.05, 0.5)):  # w: local_weight
         local, shared, state = mlp_run(C.ddp_comm_hook(TopK(ratio), algorithm="packed_allgather",
-                                                       local_error=True, lr=0.2))
+                                                       local_error=True, lr=0.2,
+                                                       local_weight=w))
         shareds = world.allgather(shared)
         locals_ = world.allgather(local)
         if not all(torch.equal(s_, shareds[0]) for s_ in shareds):
@@ -327,8 +340,9 @@ def _worker() -> None:  # pragma: no cover - runs under torchrun
         for key, x in state.shared.items():  # type: ignore[attr-defined]
             own = torch.cat([q.detach().reshape(-1)
                              for q in state._params[key[0]]])  # type: ignore[attr-defined]
-            if not torch.allclose(own, x - state.sync.feedback.memory[key], atol=1e-5):
-                failures.append(f"rank {rank}: local != shared - residual (ratio {ratio})")
+            if not torch.allclose(own, x - w * state.sync.feedback.memory[key], atol=1e-5):
+                failures.append(f"rank {rank}: local != shared - {w} x residual "
+                                f"(ratio {ratio})")
         if len(state.shared) != 3:  # type: ignore[attr-defined]
             failures.append(f"rank {rank}: expected 3 buckets after the rebuild, found "
                             f"{len(state.shared)}")  # type: ignore[attr-defined]

@@ -19,6 +19,12 @@ weights with each variant, on the same per-rank batches:
 ``topk_ef_packed_fp16_ladam_local`` as above with CSER-style local models
                    (``local_error=True``): each rank's gradient is taken at its own model,
                    which already carries its unsent update; evaluated on the shared model
+``topk_ef_packed_fp16_ladam_local_vc`` as above with ``LocalAdam(noise_ratio=1/p)``: each
+                   rank's Adam second moment estimates that of the p-rank averaged
+                   gradient (its per-coordinate noise variance shrunk by 1/p)
+``topk_ef_packed_fp16_ladam_local_vc_w`` as above with ``local_weight=0.5``: each rank's
+                   local model = shared - 0.5 x its residual (its pending update reaches the
+                   shared model divided by p)
 ``topk_ef_packed_fp16_dgc`` (models trained with momentum > 0 only) DGC momentum
                    correction (:class:`~oncoscale.comm.compress.MomentumCorrection`): the
                    velocity is kept and compressed on each rank, SGD without momentum
@@ -45,11 +51,14 @@ import numpy as np
 
 VARIANTS = ("plain_ddp", "dense_hook", "topk_ef", "topk_ef_packed", "topk_ef_packed_fp16",
             "topk_ef_packed_fp16_ladam", "topk_ef_packed_fp16_ladam_local",
+            "topk_ef_packed_fp16_ladam_local_vc", "topk_ef_packed_fp16_ladam_local_vc_w",
             "topk_ef_packed_fp16_dgc")
 COMPRESSED = ("topk_ef", "topk_ef_packed", "topk_ef_packed_fp16", "topk_ef_packed_fp16_ladam",
-              "topk_ef_packed_fp16_ladam_local", "topk_ef_packed_fp16_dgc")
+              "topk_ef_packed_fp16_ladam_local", "topk_ef_packed_fp16_ladam_local_vc",
+              "topk_ef_packed_fp16_ladam_local_vc_w", "topk_ef_packed_fp16_dgc")
 # variants that replace the optimizer by plain SGD (their direction comes from the hook)
-SGD_VARIANTS = ("_ladam", "_ladam_local", "_dgc")
+SGD_VARIANTS = ("_ladam", "_ladam_local", "_ladam_local_vc", "_ladam_local_vc_w", "_dgc")
+LOCAL_WEIGHT = 0.5  # the _vc_w variant's local_weight (simulated at p = 2 and 4)
 
 
 # ------------------------------------------------------------------------------ data (driver)
@@ -126,7 +135,8 @@ def small_cnn(n_classes: int = 2) -> Any:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, n_classes))
 
 
-def _hook_for(variant: str, lr: float = 1e-3, momentum: float = 0.0) -> Any:
+def _hook_for(variant: str, lr: float = 1e-3, momentum: float = 0.0, world_size: int = 1
+              ) -> Any:
     import oncoscale.comm as C
     from oncoscale.comm.compress import LocalAdam, MomentumCorrection, TopK
 
@@ -150,6 +160,16 @@ def _hook_for(variant: str, lr: float = 1e-3, momentum: float = 0.0) -> Any:
         return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
                                algorithm="packed_allgather", codec="fp16",
                                transform=LocalAdam(), local_error=True, lr=lr)
+    if variant == "topk_ef_packed_fp16_ladam_local_vc":
+        return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
+                               algorithm="packed_allgather", codec="fp16",
+                               transform=LocalAdam(noise_ratio=1 / world_size),
+                               local_error=True, lr=lr)
+    if variant == "topk_ef_packed_fp16_ladam_local_vc_w":
+        return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
+                               algorithm="packed_allgather", codec="fp16",
+                               transform=LocalAdam(noise_ratio=1 / world_size),
+                               local_error=True, lr=lr, local_weight=LOCAL_WEIGHT)
     if variant == "topk_ef_packed_fp16_dgc":
         return C.ddp_comm_hook(compressor=TopK(0.01), error_feedback=True,
                                algorithm="packed_allgather", codec="fp16",
@@ -237,7 +257,7 @@ def _train_variant(task: _Task, world: Any, variant: str, steps: int, eval_every
 
     net = task.model()
     ddp = DistributedDataParallel(net)
-    hook = _hook_for(variant, task.lr, task.momentum)
+    hook = _hook_for(variant, task.lr, task.momentum, world.size)
     if hook is not None:
         ddp.register_comm_hook(hook.state, hook)
     if variant.endswith(SGD_VARIANTS):  # the direction comes from the hook: apply it with SGD
@@ -465,7 +485,8 @@ def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
         # LocalAdam replaces Adam: only for the model trained with Adam; DGC momentum
         # correction replaces momentum SGD: only where the model is trained with momentum
         mine = [v for v in variants
-                if (opt == "adam" or not v.endswith(("_ladam", "_ladam_local")))
+                if (opt == "adam" or not v.endswith(("_ladam", "_ladam_local",
+                                                     "_ladam_local_vc", "_ladam_local_vc_w")))
                 and (mom > 0 or not v.endswith("_dgc"))]
         for p in world_sizes:
             t0 = time.perf_counter()
