@@ -31,21 +31,8 @@ CASES = (("collectives", True), ("collectives", False), ("forgotten", True),
          ("forgotten", False))
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ONCOSCALE_CACHE_DIR=str(tmp_path),
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
-               PYTHONUNBUFFERED="1", PYTHONPATH=str(HERE.parents[1] / "src"),
-               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    for k in [k for k in env if k.startswith(("SLURM_", "PMI_", "OMPI_COMM_WORLD"))]:
-        del env[k]
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
-def _launch_all(cmds: list[list[str]], tmp_path: Path) -> list[tuple[int, str, str]]:
+def _launch_all(cmds: list[list[str]], tmp_path: Path, env: dict[str, str]
+                ) -> list[tuple[int, str, str]]:
     """Start every job at once (they are small and mostly wait), collect (rc, out, err).
 
     Output goes to files, not pipes: a hung rank must not keep the test waiting on a pipe.
@@ -53,7 +40,7 @@ def _launch_all(cmds: list[list[str]], tmp_path: Path) -> list[tuple[int, str, s
     procs = []
     for i, cmd in enumerate(cmds):
         with open(tmp_path / f"job{i}.out", "w") as out, open(tmp_path / f"job{i}.err", "w") as err:
-            procs.append(subprocess.Popen(cmd, env=_env(tmp_path), stdout=out, stderr=err,
+            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=err,
                                           start_new_session=True))
     done = []
     for i, p in enumerate(procs):
@@ -84,22 +71,24 @@ def _check(jobs: list[tuple[str, bool]], results: list[tuple[int, str, str]]) ->
 
 
 @pytest.mark.multiproc
-def test_torchrun_ranks_exit_zero_with_and_without_shutdown(tmp_path: Path) -> None:
+def test_torchrun_ranks_exit_zero_with_and_without_shutdown(tmp_path: Path,
+                                                            job_env: dict[str, str]) -> None:
     cmds = [[str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", str(HERE),
              mode, "shutdown" if explicit else "return", "torch"] for mode, explicit in CASES]
-    _check(list(CASES), _launch_all(cmds, tmp_path))
+    _check(list(CASES), _launch_all(cmds, tmp_path, job_env))
 
 
 @pytest.mark.multiproc
 @pytest.mark.skipif(shutil.which("mpiexec", path=str(VENV_BIN)) is None, reason="no mpiexec")
-def test_mpiexec_ranks_exit_zero_with_and_without_shutdown(tmp_path: Path) -> None:
+def test_mpiexec_ranks_exit_zero_with_and_without_shutdown(tmp_path: Path,
+                                                            job_env: dict[str, str]) -> None:
     """The MPI backend, and the torch backend launched by mpiexec (gloo again)."""
     jobs = [("collectives", True, "mpi"), ("collectives", False, "mpi"),
             ("forgotten", False, "mpi"), ("forgotten", False, "torch")]
     cmds = [[str(VENV_BIN / "mpiexec"), "--oversubscribe", "-n", "2", sys.executable,
              str(HERE), mode, "shutdown" if explicit else "return", backend]
             for mode, explicit, backend in jobs]
-    _check([(m, e) for m, e, _ in jobs], _launch_all(cmds, tmp_path))
+    _check([(m, e) for m, e, _ in jobs], _launch_all(cmds, tmp_path, job_env))
 
 
 # ===================================== rank script ==========================================

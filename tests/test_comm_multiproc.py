@@ -24,20 +24,6 @@ VENV_BIN = Path(sys.executable).parent
 LAUNCH_TIMEOUT = 240
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ONCOSCALE_CACHE_DIR=str(tmp_path),
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
-               PYTHONUNBUFFERED="1", PYTHONPATH=str(HERE.parents[1] / "src"),
-               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    for k in [k for k in env if k.startswith(("SLURM_", "PMI_", "OMPI_COMM_WORLD"))]:
-        del env[k]
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
 def _results(out: str, nranks: int) -> list[dict]:
     rows = [json.loads(line.split(" ", 2)[2]) for line in out.splitlines()
             if line.startswith("RESULT ")]
@@ -45,8 +31,8 @@ def _results(out: str, nranks: int) -> list[dict]:
     return rows
 
 
-def _run(cmd: list[str], tmp_path: Path, nranks: int) -> list[dict]:
-    proc = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True,
+def _run(cmd: list[str], env: dict[str, str], nranks: int) -> list[dict]:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
                           timeout=LAUNCH_TIMEOUT)
     out = proc.stdout + proc.stderr
     rows = _results(out, nranks)
@@ -62,8 +48,8 @@ def _torchrun(n: int, mode: str) -> list[str]:
 
 
 @pytest.mark.multiproc
-def test_torch_battery_world_sizes_1_to_8(tmp_path: Path) -> None:
-    rows = _run(_torchrun(8, "battery-torch"), tmp_path, 8)
+def test_torch_battery_world_sizes_1_to_8(job_env: dict[str, str]) -> None:
+    rows = _run(_torchrun(8, "battery-torch"), job_env, 8)
     checked = sum(r["checks"] for r in rows)
     assert checked > 500, checked
     assert rows[0]["sizes"] == [1, 2, 3, 4, 5, 6, 7, 8] if rows[0]["rank"] == 0 else True
@@ -72,18 +58,18 @@ def test_torch_battery_world_sizes_1_to_8(tmp_path: Path) -> None:
 
 @pytest.mark.multiproc
 @pytest.mark.skipif(shutil.which("mpiexec", path=str(VENV_BIN)) is None, reason="no mpiexec")
-def test_mpi_battery_and_torch_under_mpiexec(tmp_path: Path) -> None:
+def test_mpi_battery_and_torch_under_mpiexec(job_env: dict[str, str]) -> None:
     cmd = [str(VENV_BIN / "mpiexec"), "--oversubscribe", "-n", "4", sys.executable, str(HERE),
            "battery-mpi"]
-    rows = _run(cmd, tmp_path, 4)
+    rows = _run(cmd, job_env, 4)
     assert all(r["backend"] == "mpi" for r in rows)
     assert all(r["torch_under_mpi"] for r in rows)
     assert sum(r["checks"] for r in rows) > 200
 
 
 @pytest.mark.multiproc
-def test_ddp_hook_matches_plain_ddp(tmp_path: Path) -> None:
-    rows = _run(_torchrun(2, "ddp"), tmp_path, 2)
+def test_ddp_hook_matches_plain_ddp(job_env: dict[str, str]) -> None:
+    rows = _run(_torchrun(2, "ddp"), job_env, 2)
     r = rows[0]
     plain, ours, topk = r["loss_plain"], r["loss_hook_dense"], r["loss_topk_ef"]
     assert abs(ours - plain) <= 1e-4 * max(1.0, plain), (ours, plain)
@@ -101,7 +87,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.multiproc
-def test_faults_raise_communication_error_fast(tmp_path: Path) -> None:
+def test_faults_raise_communication_error_fast(job_env: dict[str, str]) -> None:
     """Three 2-rank jobs at once, launched with the variables srun sets (no srun here):
     a rank that never joins, a rank that dies, a rank that skips a collective."""
     modes = ("never-joins", "dies", "skips")
@@ -110,7 +96,7 @@ def test_faults_raise_communication_error_fast(tmp_path: Path) -> None:
     for mode in modes:
         port = _free_port()
         for rank in range(2):
-            env = _env(tmp_path)
+            env = dict(job_env)
             env.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank),
                        SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4242",
                        MASTER_PORT=str(port))

@@ -26,8 +26,7 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {"MKL_NUM_THREADS": "1", "ONCOSCALE_CACHE_DIR": str(tmp_path),
-            "TOPO_TMP": str(tmp_path)}
+    return {"ONCOSCALE_CACHE_DIR": str(tmp_path), "TOPO_TMP": str(tmp_path)}
 
 
 @pytest.mark.multiproc
