@@ -5,7 +5,8 @@ small CNN (synthetic pathology patches; validation accuracy) on 2 and 4 real ran
 (torchrun, gloo, OMP_NUM_THREADS=1) with: plain DDP, our DDP hook dense (byte reference),
 TopK 1 % + error feedback through sparse_allreduce, and through the packed allgather with
 fp32 and fp16 values, + LocalAdam (Adam's direction compressed), + CSER-style local models
-(``local_error``: the variant that reaches dense Adam on the autoencoder), and, with
+(``local_error``), + a per-rank estimate of the averaged gradient's Adam second moment
+(``LocalAdam(noise_ratio=1/p)``, ``_vc``) and half-weight local models (``_vc_w``), and, with
 ``--cnn-momentum 0.9``, DGC momentum correction on the CNN. Prints a table and a pass/fail
 goal summary; writes bench-out/comm_training.json.
 

@@ -402,7 +402,7 @@ def goals(job: dict[str, Any]) -> dict[str, Any]:
 
 def format_table(jobs: list[dict[str, Any]]) -> str:
     """One row per (model, p, variant)."""
-    head = (f"{'model':<5} {'p':>2} {'variant':<32} {'metric':>14} {'vs dense':>9} "
+    head = (f"{'model':<5} {'p':>2} {'variant':<36} {'metric':>14} {'vs dense':>9} "
             f"{'MB/rank':>9} {'dense/x':>8} {'ms/step':>8} {'sent':>6}")
     lines = [head, "-" * len(head)]
     for job in jobs:
@@ -420,7 +420,7 @@ def format_table(jobs: list[dict[str, Any]]) -> str:
             ratio_s = "" if ratio is None else f"{ratio:.1f}x"
             sent = r.get("sent_fraction")
             sent_s = "" if sent is None else f"{sent * 100:.2f}%"
-            lines.append(f"{job['model']:<5} {job['p']:>2} {name:<32} {metric:>14} {gap_s:>9} "
+            lines.append(f"{job['model']:<5} {job['p']:>2} {name:<36} {metric:>14} {gap_s:>9} "
                          f"{mb:>9} {ratio_s:>8} {r['ms_per_step']:8.2f} {sent_s:>6}")
     return "\n".join(lines)
 
