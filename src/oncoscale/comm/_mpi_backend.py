@@ -21,6 +21,7 @@ from oncoscale.errors import CommunicationError, ConfigurationError
 if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
 
+_SPIN = 0.02  # seconds a wait polls without sleeping (an op's latency is not padded by naps)
 _NATIVE_REDUCE = {torch.float32, torch.float64, torch.int32, torch.int64}
 
 
@@ -81,18 +82,21 @@ class MPIBackend(Backend):
     # -- polling --------------------------------------------------------------------------
     def _poll(self, req: Any, op: str, group: Group, timeout: float | None = None) -> None:
         limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        spins = 0
+        start = time.monotonic()
+        deadline = start + limit
         try:
             while not req.Test():
-                spins += 1
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     self.broken = True
                     raise CommunicationError(
                         f"rank {self.rank}: {op} on mpi group of ranks {list(group.ranks)} "
                         f"timed out after {limit:g} s (a peer rank is missing, dead or "
                         "running a different operation)")
-                time.sleep(0 if spins < 50 else min(1e-3, 1e-5 * spins))
+                # MPI progresses inside Test(): poll (yielding the core) for the first
+                # _SPIN seconds, as MPI_Wait does, then back off to at most 1 ms naps
+                waited = now - start
+                time.sleep(0 if waited < _SPIN else min(1e-3, 0.1 * (waited - _SPIN) + 1e-5))
         except CommunicationError:
             raise
         except Exception as exc:  # noqa: BLE001
