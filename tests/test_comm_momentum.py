@@ -11,7 +11,6 @@ optimizer (the naive combination), and with TopK 1 % + error feedback + momentum
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -364,7 +363,6 @@ def _worker() -> None:  # pragma: no cover - runs under torchrun
                                                      "results": results}) + "\n")
     sys.stdout.flush()
     world.shutdown()
-    os._exit(0)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:

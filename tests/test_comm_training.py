@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -319,7 +318,6 @@ def _worker() -> None:  # pragma: no cover - runs under torchrun
                                                      "losses": losses}) + "\n")
     sys.stdout.flush()
     world.shutdown()
-    os._exit(0)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
