@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from oncoscale._io import atomic_write_text
-from oncoscale.comm.indexcodec import packed_bytes, wire_prefers_dense
+from oncoscale.comm.indexcodec import packed_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
@@ -36,7 +36,10 @@ if TYPE_CHECKING:  # pragma: no cover
 ALGORITHMS = ("recursive_doubling", "split_allgather", "dsar", "dense", "allgather")
 AUTO_CANDIDATES = ("recursive_doubling", "split_allgather", "dsar", "dense", "allgather")
 HEADER_BYTES = 16
-DENSE_MARGIN = 0.8
+# a sparse algorithm must be predicted this much faster than the engine's dense allreduce:
+# the model prices neither every copy nor ranks that share cores (at 4 ranks on 2 cores it
+# predicted DSAR at 1M x 10 % in 7 ms, which took 16 ms against dense's 9 ms)
+DENSE_MARGIN = 0.6
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,9 @@ class CostModel:
 
         Inputs that are dense by the stream rule go to the engine's dense allreduce. Else
         the engine's dense allreduce is the reference: a sparse algorithm must be predicted
-        faster than ``margin`` x its time (the model does not price every copy, and the
-        engine's own implementation is the safer bet when the two are close).
+        faster than ``margin`` x its time (:data:`DENSE_MARGIN`: the model does not price
+        every copy, and the engine's own implementation is the safer bet when the two are
+        close).
         """
         return _choose(self, p, n, tuple(nnz), value_bytes, index_bytes, tuple(candidates),
                        dense_bytes, margin)
@@ -151,8 +155,10 @@ class CostModel:
                 index_bytes: float, candidates: tuple[str, ...], dense_bytes: float | None,
                 margin: float) -> str:
         k = sum(nnz) / len(nnz)
-        if "dense" in candidates and wire_prefers_dense(k, n, value_bytes, index_bytes):
-            return "dense"  # the inputs are dense by the (wire) stream rule: nothing to save
+        if "dense" in candidates and k * (index_bytes + value_bytes) >= n * value_bytes:
+            # the inputs are dense by the stream rule (plain indices): their sum is dense
+            # too, and no sparse algorithm has anything left to save
+            return "dense"
         times = {alg: self.predict(alg, p, n, list(nnz), value_bytes, index_bytes,
                                    dense_bytes).seconds for alg in candidates}
         best = min(candidates, key=times.__getitem__)
@@ -172,8 +178,9 @@ def _cache_file() -> Path:
 
 
 def _key(group: Group) -> str:
-    # v2: gamma_scatter and the bucketed index format; older entries are measured anew
-    return f"v2|{group.backend}|p={group.size}|{socket.gethostname()}"
+    # v3: gamma_scatter, the bucketed index format, beta_ar at 4 MB; older entries are
+    # measured anew
+    return f"v3|{group.backend}|p={group.size}|{socket.gethostname()}"
 
 
 def _timeit(fn, repeats: int = 5) -> float:  # noqa: ANN001
@@ -203,7 +210,10 @@ def _measure(group: Group) -> CostModel:
         t_small = t_big = 0.0
     backend.barrier(group, channel=True)
     one = torch.zeros(1)
-    vec = torch.zeros(big // 4)
+    # the engine's allreduce is timed at 4 MB (a 1M-entry float32 vector): at 1 MB its fixed
+    # costs on oversubscribed ranks inflated beta_ar ~1.5x and made auto shun it
+    ar_bytes = 4 * big
+    vec = torch.zeros(ar_bytes // 4)
     backend.allreduce(one, "sum", group, channel=True)
     ar_small = _timeit(lambda: backend.allreduce(one, "sum", group, channel=True), 9)
     ar_big = _timeit(lambda: backend.allreduce(vec, "sum", group, channel=True))
@@ -230,7 +240,7 @@ def _measure(group: Group) -> CostModel:
     beta = max((t_big - t_small) / big, 1e-12)
     model = CostModel(
         alpha=alpha, beta=beta,
-        alpha_ar=max(ar_small, 1e-7), beta_ar=max((ar_big - ar_small) / big, 1e-12),
+        alpha_ar=max(ar_small, 1e-7), beta_ar=max((ar_big - ar_small) / ar_bytes, 1e-12),
         alpha_ag=max(ag_small, 1e-7),
         beta_ag=max((ag_big - ag_small) / (part.numel() * p), 1e-12),
         gamma_sparse=max(g_sparse, 1e-10), gamma_dense=max(g_dense, 1e-12),
