@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from oncoscale._io import atomic_write_text
-from oncoscale.comm.indexcodec import packed_bytes
+from oncoscale.comm.indexcodec import packed_bytes, wire_prefers_dense
 
 if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
@@ -155,10 +155,8 @@ class CostModel:
                 index_bytes: float, candidates: tuple[str, ...], dense_bytes: float | None,
                 margin: float) -> str:
         k = sum(nnz) / len(nnz)
-        if "dense" in candidates and k * (index_bytes + value_bytes) >= n * value_bytes:
-            # the inputs are dense by the stream rule (plain indices): their sum is dense
-            # too, and no sparse algorithm has anything left to save
-            return "dense"
+        if "dense" in candidates and wire_prefers_dense(k, n, value_bytes, index_bytes):
+            return "dense"  # the inputs are dense by the (wire) stream rule: nothing to save
         times = {alg: self.predict(alg, p, n, list(nnz), value_bytes, index_bytes,
                                    dense_bytes).seconds for alg in candidates}
         best = min(candidates, key=times.__getitem__)
