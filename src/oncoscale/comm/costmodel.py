@@ -133,7 +133,9 @@ class CostModel:
             return Prediction(t1 + t2, sent1 + (p - 1) * chunk)
         if algorithm == "dsar":
             chunk = n / p * vb + HEADER_BYTES
-            t2 = self.alpha_ag + self.beta_ag * p * chunk + self.gamma_dense * n
+            # the dense gather passes over all n entries four times: densify the own block,
+            # copy it into the message, receive, join the blocks into the result
+            t2 = self.alpha_ag + self.beta_ag * p * chunk + 4 * self.gamma_dense * n
             return Prediction(t1 + t2, sent1 + (p - 1) * chunk)
         raise ValueError(algorithm)
 
@@ -177,7 +179,7 @@ def _cache_file() -> Path:
 
 def _key(group: Group) -> str:
     # v3: gamma_scatter, the bucketed index format, beta_ar at 4 MB; older entries are
-    # measured anew
+    # measured anew (the prediction formulas may change freely: they read the constants)
     return f"v3|{group.backend}|p={group.size}|{socket.gethostname()}"
 
 
