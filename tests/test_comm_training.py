@@ -32,7 +32,6 @@ from oncoscale.comm.sparse import SparseVector
 from oncoscale.errors import ConfigurationError, InputError
 
 HERE = Path(__file__).resolve()
-VENV_BIN = Path(sys.executable).parent
 
 
 # ----------------------------------------------------------------------------- properties

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve()
-VENV_BIN = Path(sys.executable).parent
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
