@@ -159,10 +159,16 @@ def battery(world: int) -> list[dict]:
                                 schedule="1f1b"))
         out.append(_equivalence("mlp-data-R4-compressor", make["mlp"], data["mlp"], mse,
                                 strategy="data", compressor=TopKCompressor(ratio=1.0)))
-        from oncoscale.comm.compress import TopK
+        from oncoscale.comm.compress import GradientCompression, TopK
         out.append(_equivalence("mlp-hybrid-2x2-comm-topk", make["mlp"], data["mlp"], mse,
                                 strategy="hybrid", num_partitions=2, num_replicas=2,
                                 micro_batches=2, compressor=TopK(1.0)))
+        # a GradientCompression with its own algorithm (the packed allgather) runs over each
+        # partition's replica group (it was handed to sparse_allreduce, which refused it)
+        out.append(_equivalence("mlp-hybrid-2x2-packed-allgather", make["mlp"], data["mlp"],
+                                mse, strategy="hybrid", num_partitions=2, num_replicas=2,
+                                micro_batches=2, compressor=GradientCompression(
+                                    TopK(1.0), algorithm="packed_allgather")))
         # ResNet-110 (batch norm) trains hybrid 2 partitions x 2 replicas for two steps
         torch.manual_seed(0)
         r110 = make["resnet"](110, "batch")
@@ -292,8 +298,8 @@ def test_four_ranks_every_strategy_matches_sequential(tmp_path: Path) -> None:
     rows, _ = _launch(tmp_path, 4, "battery")
     checks = {r["check"] for r in rows}
     assert {"mlp-hybrid-2x2-1f1b", "resnet110-hybrid-2x2", "ae-tied-hybrid-2x2-gpipe",
-            "error-world-size"} <= checks
-    assert len([r for r in rows if "param_diff" in r]) == 9
+            "error-world-size", "mlp-hybrid-2x2-packed-allgather"} <= checks
+    assert len([r for r in rows if "param_diff" in r]) == 10
     _check_rows(rows)
 
 

@@ -15,8 +15,9 @@ Compressors
 ``QSGD`` or a composition such as ``TopK(0.01) | QSGD(8)``; it is wrapped in
 ``oncoscale.comm.compress.ErrorFeedback`` with one residual per bucket and reduced with
 ``oncoscale.comm.sparse_allreduce`` over the replica group), an
-``oncoscale.comm.compress.GradientCompression`` (its error feedback, algorithm and codec
-are used, over the replica group), or any object with
+``oncoscale.comm.compress.GradientCompression`` (its error feedback, algorithm - the packed
+allgather too -, codec and transform such as ``LocalAdam`` or ``MomentumCorrection`` are used,
+over the replica group; ``local_error=True`` is for ``ddp_comm_hook`` only), or any object with
 
 * ``allreduce(tensor, group=...) -> Tensor`` (the sum over the group, e.g. a sparse
   collective with error feedback from ``oncoscale.comm``) - used as is; or
@@ -35,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from oncoscale.errors import CommunicationError
+from oncoscale.errors import CommunicationError, ConfigurationError
 
 
 class GradientSync:
@@ -168,19 +169,31 @@ class GradientSync:
         except ImportError:  # pragma: no cover - comm layer absent
             return None
         comp = self.compressor
-        if isinstance(comp, GradientCompression):
-            feedback, algorithm, codec = comp.feedback, comp.algorithm, comp.compressor.codec
-        elif isinstance(comp, Compressor):
-            if self._feedback is None:
-                self._feedback = ErrorFeedback(comp, True)
-            feedback, algorithm, codec = self._feedback, "auto", comp.codec
-        else:
+        if not isinstance(comp, GradientCompression | Compressor):
             return None
         if self.comm_group is None:
             raise CommunicationError("an oncoscale.comm compressor needs the comm layer's "
                                      "replica group (launch through oncoscale.comm.init)")
-        vec = feedback.compress(f"bucket{b}", flat)
-        out = sparse_allreduce(vec, algorithm, group=self.comm_group, op="sum", codec=codec)
+        if isinstance(comp, GradientCompression):
+            # its own transform, wire format and algorithm (packed allgather too), over this
+            # rank's replica group; local_error's shared/local models are ddp_comm_hook's
+            if comp.local_error:
+                raise ConfigurationError(
+                    "GradientCompression(local_error=True) needs the shared and local models "
+                    "that ddp_comm_hook keeps; the hybrid engine does not: pass "
+                    "local_error=False here (or train with DDP and the hook)")
+            if comp.group is None:
+                comp.group = self.comm_group
+            elif comp.group is not self.comm_group:
+                raise ConfigurationError("this GradientCompression is bound to another group "
+                                         "than the engine's replica group")
+            out = comp.reduce(f"bucket{b}", flat, op="sum")
+        else:
+            if self._feedback is None:
+                self._feedback = ErrorFeedback(comp, True)
+            vec = self._feedback.compress(f"bucket{b}", flat)
+            out = sparse_allreduce(vec, "auto", group=self.comm_group, op="sum",
+                                   codec=comp.codec)
         return out.to_dense().to(flat.dtype).reshape(-1)
 
     def close(self) -> None:
