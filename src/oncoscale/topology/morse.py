@@ -241,14 +241,6 @@ def _topopy_hierarchy(
     into = np.full(m, -1, dtype=np.int64)
     sad = np.full(m, -1, dtype=np.int64)
 
-    def root(x: int) -> int:
-        r = x
-        while merge[r] != r:
-            r = merge[r]
-        while merge[x] != r:
-            merge[x], x = r, merge[x]
-        return r
-
     while heap:
         k = heapq.heappop(heap)
         pair = live.pop(k, None)
@@ -256,7 +248,7 @@ def _topopy_hierarchy(
             continue
         pv, _, sv = k
         old_first = pair[0]
-        u, v = root(pair[0]), root(pair[1])
+        u, v = find(merge, pair[0]), find(merge, pair[1])
         if fl[u] > fl[v]:
             u, v = v, u
         if u == v:
@@ -275,8 +267,8 @@ def _topopy_hierarchy(
     return maxima, out_p, into, sad
 
 
-def find(parent: list[int], x: int) -> int:
-    """Union-find root of ``x`` with path compression."""
+def find(parent: list[int] | dict[int, int], x: int) -> int:
+    """Union-find root of ``x`` with path compression (``parent``: a list or a dict)."""
     root = x
     while parent[root] != root:
         root = parent[root]
