@@ -22,6 +22,13 @@ from oncoscale.errors import CommunicationError, ConfigurationError
 if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 _SPIN = 0.02  # seconds a wait polls without sleeping (an op's latency is not padded by naps)
 _NATIVE_REDUCE = {torch.float32, torch.float64, torch.int32, torch.int64}
 
@@ -82,6 +89,11 @@ class MPIBackend(Backend):
                 f"{self.size}; is mpi4py built against the MPI that launched this job?")
         self._world = world.Dup()
         self._world_chan = world.Dup()
+        # more ranks on this node than cores it lets us use: a polling wait must yield the
+        # core (a peer needs it to progress), as Open MPI's own waits do when oversubscribed
+        node = world.Split_type(MPI.COMM_TYPE_SHARED)
+        self._yield = node.Get_size() > _usable_cores()
+        node.Free()
         self._comms: list[Any] = [self._world, self._world_chan]
         self._ops = {"sum": MPI.SUM, "avg": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
@@ -99,10 +111,14 @@ class MPIBackend(Backend):
                         f"rank {self.rank}: {op} on mpi group of ranks {list(group.ranks)} "
                         f"timed out after {limit:g} s (a peer rank is missing, dead or "
                         "running a different operation)")
-                # MPI progresses inside Test(): poll (yielding the core) for the first
-                # _SPIN seconds, as MPI_Wait does, then back off to at most 1 ms naps
+                # MPI progresses inside Test(): poll for the first _SPIN seconds, as MPI_Wait
+                # does (yielding the core when oversubscribed: each yield costs tens of us
+                # on a busy host), then back off to at most 1 ms naps
                 waited = now - start
-                time.sleep(0 if waited < _SPIN else min(1e-3, 0.1 * (waited - _SPIN) + 1e-5))
+                if waited >= _SPIN:
+                    time.sleep(min(1e-3, 0.1 * (waited - _SPIN) + 1e-5))
+                elif self._yield:
+                    time.sleep(0)
         except CommunicationError:
             raise
         except Exception as exc:  # noqa: BLE001

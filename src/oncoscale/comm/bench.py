@@ -145,7 +145,9 @@ def _worker(argv: list[str]) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     result = _collectives(args)
-    if int(os.environ.get("RANK", "0")) == 0:
+    from oncoscale.comm.world import default_world
+
+    if default_world().rank == 0:  # under mpiexec there is no RANK variable
         Path(args.out).write_text(json.dumps(result))
 
 

@@ -118,7 +118,7 @@ def _encode(vec: SparseVector, codec: ValueCodec, seed: int, want_decoded: bool 
         elif (codec.lossy or not want_decoded) and vec.dtype == torch.float32:
             vals = _scratch(m, dev, slot=1)  # a work buffer: only the message leaves
             vals.zero_()
-            vals[vec.indices] = vec.values
+            vals.scatter_(0, vec.indices, vec.values)
         else:
             vals = vec.to_dense()
         idx = None
