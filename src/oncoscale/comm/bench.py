@@ -49,7 +49,7 @@ def _time_all(methods: dict[str, Any], barrier: Any, repeats: int
     return {k: (statistics.median(v), out[k]) for k, v in times.items()}
 
 
-def _collectives(args: argparse.Namespace) -> list[dict]:
+def _collectives(args: argparse.Namespace) -> list[dict] | None:
     import torch
     import torch.distributed as dist
 
@@ -131,7 +131,7 @@ def _collectives(args: argparse.Namespace) -> list[dict]:
                 print(json.dumps(row), flush=True)
             rows.append(row)
     world.shutdown()
-    return rows
+    return rows if rank == 0 else None  # under mpiexec there is no RANK variable to ask
 
 
 def _worker(argv: list[str]) -> None:
@@ -145,9 +145,7 @@ def _worker(argv: list[str]) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     result = _collectives(args)
-    from oncoscale.comm.world import default_world
-
-    if default_world().rank == 0:  # under mpiexec there is no RANK variable
+    if result is not None:  # world rank 0
         Path(args.out).write_text(json.dumps(result))
 
 
