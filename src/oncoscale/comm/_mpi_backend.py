@@ -22,11 +22,12 @@ from oncoscale.errors import CommunicationError, ConfigurationError
 if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
 
-def _usable_cores() -> int:
+def _usable_cores() -> set[int]:
+    """The CPUs this process may run on."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
 
 
 _SPIN = 0.02  # seconds a wait polls without sleeping (an op's latency is not padded by naps)
@@ -91,8 +92,11 @@ class MPIBackend(Backend):
         self._world_chan = world.Dup()
         # more ranks on this node than cores it lets us use: a polling wait must yield the
         # core (a peer needs it to progress), as Open MPI's own waits do when oversubscribed
+        # (the node's cores: the union of its ranks' affinity sets, so ranks bound one to a
+        # core are not taken for oversubscribed)
         node = world.Split_type(MPI.COMM_TYPE_SHARED)
-        self._yield = node.Get_size() > _usable_cores()
+        cores = set().union(*node.allgather(_usable_cores()))
+        self._yield = node.Get_size() > len(cores)
         node.Free()
         self._comms: list[Any] = [self._world, self._world_chan]
         self._ops = {"sum": MPI.SUM, "avg": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
