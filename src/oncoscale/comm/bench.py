@@ -90,7 +90,8 @@ def _collectives(args: argparse.Namespace) -> list[dict] | None:
             methods["ours_dense"] = lambda: ours("dense")
 
             def engine_dense(v: C.SparseVector = vec) -> Any:
-                t = v.to_dense().clone()
+                t = v.to_dense()  # a new tensor unless the payload is already dense
+                t = t.clone() if t is v.values else t
                 engine_allreduce(t)
                 return t
 
