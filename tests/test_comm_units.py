@@ -180,6 +180,38 @@ def test_topk_per_tensor_and_per_bucket() -> None:
     assert torch.equal(b.values, x[b.indices])
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1 << 16, 400_000), frac=st.sampled_from([0.0005, 0.003, 0.01, 0.05, 0.2]),
+       kind=st.sampled_from(["normal", "ties", "zeros", "ramp", "nan"]), seed=st.integers(0, 99))
+def test_top_k_indices_equals_topk(n: int, frac: float, kind: str, seed: int) -> None:
+    """The sampled-threshold selection picks what ``torch.topk`` picks (the same values; the
+    same indices up to ties), whatever the sample sees: heavy ties, mostly zeros, sorted
+    input (a strided sample of a ramp), NaN."""
+    from oncoscale.comm.compress import top_k_indices
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g)
+    if kind == "ties":
+        x = torch.round(x * 4) / 4
+    elif kind == "zeros":
+        x[torch.rand(n, generator=g) < 0.97] = 0.0
+    elif kind == "ramp":
+        x = torch.linspace(0, 1, n)
+    elif kind == "nan":
+        x[torch.randint(0, n, (3,), generator=g)] = float("nan")
+    a = x.abs()
+    k = max(1, round(frac * n))
+    got = top_k_indices(a, k)
+    ref = torch.topk(a, k, sorted=False).indices
+    assert got.numel() == k and bool((got[1:] > got[:-1]).all())
+    def chosen(i: torch.Tensor) -> torch.Tensor:  # NaN as +inf: comparable
+        return torch.nan_to_num(a[i], nan=math.inf).sort().values
+
+    assert torch.equal(chosen(got), chosen(ref))
+    if kind in ("normal", "ramp"):
+        assert torch.equal(got, ref.sort().values)
+
+
 def test_randomk_threshold_qsgd_compose() -> None:
     x = torch.randn(500)
     r1, r2 = C.RandomK(0.1, seed=3), C.RandomK(0.1, seed=3)

@@ -65,6 +65,32 @@ class NoCompression(Compressor):
         return "NoCompression()"
 
 
+_SAMPLE_STRIDE = 64  # threshold estimate from every 64th entry
+_MIN_SAMPLED = 1 << 16  # below this many entries a plain topk is as fast
+
+
+def top_k_indices(a: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted indices of the ``k`` largest entries of the 1-D ``a`` (ties in any order).
+
+    Exact, but much faster than ``torch.topk`` when ``k`` is a small fraction of a large
+    ``a`` (DGC's sampled threshold, made exact): a threshold is read off a strided sample
+    so that about 1.25 k entries reach it; every entry at or above it is a candidate and
+    ``topk`` runs on the candidates only. When fewer than ``k`` reach the threshold (an
+    unlucky sample) or too many do, the plain ``topk`` of all of ``a`` runs instead, so the
+    result never depends on the sample; NaN entries count as largest, as in ``topk``.
+    1.65 M entries, k = 1 %: ~2.7 ms against ~13 ms (one CPU thread)."""
+    n = a.numel()
+    if n < _MIN_SAMPLED or k * 8 > n:
+        return torch.topk(a, k, sorted=False).indices.sort().values
+    sample = a[::_SAMPLE_STRIDE]
+    rank = max(1, sample.numel() - math.ceil(1.25 * k * sample.numel() / n))
+    thr = torch.kthvalue(sample, rank).values
+    cand = torch.nonzero(a.lt(thr).logical_not_()).squeeze(1)  # NaN stays a candidate
+    if not k <= cand.numel() <= 4 * k:
+        return torch.topk(a, k, sorted=False).indices.sort().values
+    return cand[torch.topk(a[cand], k, sorted=False).indices].sort().values
+
+
 class TopK(Compressor):
     """Keep the ``ratio`` (or ``k``) largest-magnitude entries, per tensor or per bucket.
 
@@ -88,7 +114,7 @@ class TopK(Compressor):
             return SparseVector.from_dense(v)
         if self.bucket_size is None:
             k = min(n, self.k if self.k is not None else max(1, round(self.ratio * n)))
-            idx = torch.topk(v.abs(), k, sorted=False).indices.sort().values
+            idx = top_k_indices(v.abs(), k)
         else:
             b = int(self.bucket_size)
             rows = -(-n // b)
