@@ -4,6 +4,9 @@ compressors with error feedback, the cost model and a world of one rank."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -315,3 +318,19 @@ def test_single_process_world(tmp_path, monkeypatch) -> None:  # noqa: ANN001
         w.shutdown()
     with pytest.raises(ConfigurationError, match="backend"):
         C.init("nccl")
+
+
+@pytest.mark.parametrize("mpi_first", [True, False])
+def test_mpi_backend_warns_when_mpi4py_was_initialised_first(mpi_first: bool) -> None:
+    """Open MPI reads its non-blocking allreduce algorithm at MPI_Init: imported first,
+    mpi4py has already initialised MPI, and the user is told how to get the fast one."""
+    pytest.importorskip("mpi4py")
+    init = "import oncoscale.comm as C; w = C.init('mpi'); "
+    code = ("import mpi4py.MPI; " + init) if mpi_first else (init + "import mpi4py.MPI; ")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_MCA_coll", "PMI"))}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    proc = subprocess.run([sys.executable, "-c", code + "w.shutdown()"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warned = "mpi4py was imported before oncoscale.comm.init()" in proc.stderr
+    assert warned == mpi_first, proc.stderr[-2000:]

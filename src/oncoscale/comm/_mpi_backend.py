@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +32,7 @@ def _usable_cores() -> set[int]:
         return set(range(os.cpu_count() or 1))
 
 
+_NBC_ALGO = "OMPI_MCA_coll_libnbc_iallreduce_algorithm"
 _SPIN = 0.02  # seconds a wait polls without sleeping (an op's latency is not padded by naps)
 _NATIVE_REDUCE = {torch.float32, torch.float64, torch.int32, torch.int64}
 
@@ -72,12 +75,20 @@ class MPIBackend(Backend):
         # binomial tree that ran 2-4x slower than the blocking MPI_Allreduce on 4-16 MB
         # vectors here; its ring matches it. A default only: the user's setting wins, and it
         # has no effect once MPI is initialised or under another MPI.
-        os.environ.setdefault("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1")
+        late = "mpi4py.MPI" in sys.modules  # imported = already initialised: too late
+        unset = _NBC_ALGO not in os.environ
+        os.environ.setdefault(_NBC_ALGO, "1")
         try:
             from mpi4py import MPI
         except ImportError:
             raise ConfigurationError(
                 "backend='mpi' needs mpi4py (pip install 'oncoscale[mpi]')") from None
+        if late and unset and MPI.Get_library_version().startswith("Open MPI"):
+            warnings.warn(
+                "mpi4py was imported before oncoscale.comm.init(): Open MPI's non-blocking "
+                "allreduce (which the timeouts need) keeps its default binomial tree, up to "
+                f"2-4x slower than MPI_Allreduce on large vectors; export {_NBC_ALGO}=1 or "
+                "call init() before importing mpi4py", RuntimeWarning, stacklevel=3)
         self.MPI = MPI
         self.timeout = timeout
         self.stats = CommStats()
