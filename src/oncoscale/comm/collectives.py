@@ -421,14 +421,18 @@ _IMPL: dict[str, Callable[..., SparseVector]] = {
 
 
 def _finite(v: torch.Tensor) -> bool:
-    """All values finite? One summation pass (NaN/inf propagate); exact check only if the
-    sum is not finite (which may also be an overflow of finite values)."""
+    """All values finite? One pass whose result is NaN/inf if any value is (NaN/inf
+    propagate); exact check only if it is not finite (which may also be an overflow of
+    finite values)."""
     if v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64) and \
             not v.requires_grad:
+        a = v.numpy()
         with np.errstate(over="ignore", invalid="ignore"):  # overflow: checked exactly below
-            if math.isfinite(float(v.numpy().sum())):  # numpy: a fraction of torch's call cost
+            # a BLAS dot product: 2-4x faster than numpy's pairwise sum, and a fraction of
+            # torch's call cost on small vectors
+            if math.isfinite(float(np.dot(a, a))):
                 return True
-        return bool(np.isfinite(v.numpy()).all())
+        return bool(np.isfinite(a).all())
     acc = torch.float64 if v.dtype == torch.float64 else torch.float32
     if math.isfinite(float(v.sum(dtype=acc))):
         return True
