@@ -30,6 +30,18 @@ from oncoscale.comm.compress import (
 from oncoscale.comm.sparse import SparseVector
 from oncoscale.errors import ConfigurationError, InputError
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _shut_down_in_process_world():
+    """Tests here start a one-rank world in the pytest process (``C.init``): shut it down
+    afterwards, or later tests see an initialised torch.distributed (e.g. ``parallel.fit``
+    would take its multi-rank path)."""
+    yield
+    from oncoscale.comm import world
+
+    if world._DEFAULT is not None:
+        world._DEFAULT.shutdown()
+
 HERE = Path(__file__).resolve()
 
 

@@ -257,7 +257,12 @@ class ErrorFeedback:
                              f"the gradient has {g.numel()}")
         corrected = g + mem if mem is not None else g.clone()
         sent = self.compressor.compress(corrected)  # may alias ``corrected``
-        self.memory[key] = corrected - sent.to_dense().to(corrected.dtype)
+        if sent.is_dense or sent.values.untyped_storage().data_ptr() == \
+                corrected.untyped_storage().data_ptr():
+            self.memory[key] = corrected - sent.to_dense().to(corrected.dtype)
+        else:  # subtract the sent entries in place: the same bits, no dense temporaries
+            self.memory[key] = corrected.index_add_(0, sent.indices,
+                                                    sent.values.to(corrected.dtype), alpha=-1)
         return sent
 
     def reset(self) -> None:
