@@ -24,6 +24,7 @@ from oncoscale.errors import CommunicationError, ConfigurationError
 if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
 
+
 def _usable_cores() -> set[int]:
     """The CPUs this process may run on."""
     try:

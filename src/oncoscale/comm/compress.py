@@ -80,15 +80,14 @@ def top_k_indices(a: torch.Tensor, k: int) -> torch.Tensor:
     result never depends on the sample; NaN entries count as largest, as in ``topk``.
     1.65 M entries, k = 1 %: ~2.7 ms against ~13 ms (one CPU thread)."""
     n = a.numel()
-    if n < _MIN_SAMPLED or k * 8 > n:
-        return torch.topk(a, k, sorted=False).indices.sort().values
-    sample = a[::_SAMPLE_STRIDE]
-    rank = max(1, sample.numel() - math.ceil(1.25 * k * sample.numel() / n))
-    thr = torch.kthvalue(sample, rank).values
-    cand = torch.nonzero(a.lt(thr).logical_not_()).squeeze(1)  # NaN stays a candidate
-    if not k <= cand.numel() <= 4 * k:
-        return torch.topk(a, k, sorted=False).indices.sort().values
-    return cand[torch.topk(a[cand], k, sorted=False).indices].sort().values
+    if n >= _MIN_SAMPLED and k * 8 <= n:
+        sample = a[::_SAMPLE_STRIDE]
+        rank = max(1, sample.numel() - math.ceil(1.25 * k * sample.numel() / n))
+        thr = torch.kthvalue(sample, rank).values
+        cand = torch.nonzero(a.lt(thr).logical_not_()).squeeze(1)  # NaN stays a candidate
+        if k <= cand.numel() <= 4 * k:
+            return cand[torch.topk(a[cand], k, sorted=False).indices].sort().values
+    return torch.topk(a, k, sorted=False).indices.sort().values
 
 
 class TopK(Compressor):
