@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import oncoscale.comm as C
-from oncoscale.comm.collectives import _EAGER_DEFAULT, _eager_cap, _local_flags
+from oncoscale.comm.collectives import (
+    _EAGER_DEFAULT,
+    _eager_cap,
+    _local_flags,
+    _SteadyHistory,
+)
 from oncoscale.comm.quant import QSGDCodec
 
 
@@ -153,3 +158,34 @@ def test_numpy_merge_equals_torch_merge_and_the_dense_sum(
         assert fast.indices.dtype == torch.int64
     assert torch.allclose(fast.to_dense(), dense, atol=1e-5)
     assert torch.allclose(slow.to_dense(), dense, atol=1e-5)
+
+
+def test_steady_prediction_follows_the_repeating_pattern() -> None:
+    cpu = torch.device("cpu")
+
+    def predict(sizes: list[int], dense: list[bool] | None = None,
+                dtypes: list[torch.dtype] | None = None) -> tuple | None:
+        hist = _SteadyHistory()
+        for i, n in enumerate(sizes):
+            dt = dtypes[i] if dtypes else torch.float32
+            hist.append(C.SparseVector(None, torch.zeros(n, dtype=dt), n),
+                        dense[i] if dense else True)
+        p = hist.predict()
+        return None if p is None else (p[0], p[2])
+
+    assert predict([]) is None and predict([5]) is None
+    assert predict([5, 5]) == (5, cpu)
+    assert predict([7, 5, 7, 5]) == (7, cpu)  # two buckets
+    assert predict([7, 5, 7]) is None  # not yet one whole period repeated
+    assert predict([3, 3, 9, 3, 3, 9]) == (3, cpu)  # repeated sizes within a cycle
+    assert predict([3, 9, 3, 3, 9, 3, 3]) == (9, cpu)  # the cycle, not the last pair
+    assert predict([3, 9, 3, 3, 9, 3]) == (3, cpu)
+    # the call one period back ran sparse (or eager): no steady path
+    assert predict([7, 5, 7, 5], [False, True, False, True]) is None
+    assert predict([7, 5, 7, 5], [True, False, True, False]) == (7, cpu)
+    # the dtype is part of the pattern
+    assert predict([5, 5], dtypes=[torch.float64, torch.float32]) is None
+    # a long steady run, then a change: the new pattern takes over once it repeats
+    assert predict([4] * 80 + [6, 6]) == (6, cpu)
+    # more buckets than half the window: never predicted
+    assert predict(list(range(1, 41)) * 3) is None

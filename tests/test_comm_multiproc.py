@@ -264,6 +264,52 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
         if size > 1:
             eager = bool(world.cache.get(("last_eager", world.ranks)))
             check(eager == want, f"eager path for n={n_eager}: {eager}, expected {want}")
+    # steady dense path: a repeated dense call skips the header (one allreduce with a
+    # validity trailer), a cycle of sizes (DDP buckets) too; bad input still raises the
+    # header's error on every rank, and "auto" leaves dense when the inputs thin out
+    if size > 1:
+        def steady() -> bool:
+            return bool(world.cache.get(("last_steady", world.ranks)))
+
+        def full(n: int, value: float = 1.0, dtype: torch.dtype = torch.float32
+                 ) -> C.SparseVector:
+            return C.SparseVector(None, torch.full((n,), value, dtype=dtype), n)
+
+        for alg in ("dense", "auto"):
+            seen = []
+            for i in range(8):  # a cycle of two sizes
+                n_st = (150_000, 90_000)[i % 2]
+                res = C.sparse_allreduce(full(n_st, rank + 1.0), alg)
+                check(bool((res.to_dense() == size * (size + 1) / 2).all()) and res.size == n_st,
+                      f"steady {alg} call {i}: wrong sum")
+                seen.append(steady() and C.last_algorithm(world) == "dense")
+            want = [False] * 4 + [True] * 4  # two periods of history, then steady
+            if alg == "dense" or C.last_algorithm(world) == "dense":
+                check(seen == want, f"steady {alg}: path per call {seen}, expected {want}")
+            for bad, words in ((full(150_000, float("nan") if rank == last else 1.0), "NaN"),
+                               (full(150_000 + (rank == last)), "sizes differ"),
+                               (full(150_000, dtype=torch.float64 if rank == last
+                                     else torch.float32), "dtypes differ"),
+                               (C.SparseVector(torch.tensor([3, 150_000 if rank == last else 4]),
+                                               torch.ones(2), 150_000, check=False),
+                                "out of range")):
+                for n_st in (150_000, 90_000):  # after these a 150k call is predicted dense
+                    C.sparse_allreduce(full(n_st), alg)
+                check(steady() or alg == "auto", f"steady {alg}: 90k call before {words!r}")
+                expect_error(bad, InputError, words, alg)
+        # "auto" after steady dense calls: a sparse input still sums right, and the next call
+        # goes back to the header (and to a sparse algorithm)
+        for _ in range(3):
+            C.sparse_allreduce(full(150_000))
+        if C.last_algorithm(world) == "dense":
+            thin = C.SparseVector(torch.tensor([rank, 100 + rank]), torch.ones(2), 150_000)
+            for i in range(2):
+                res = C.sparse_allreduce(thin)
+                ref = thin.to_dense().clone()
+                world.allreduce(ref)
+                check(bool(torch.equal(res.to_dense(), ref)), f"thin call {i} after steady")
+                check(steady() == (i == 0), f"thin call {i}: steady path {steady()}")
+            check(C.last_algorithm(world) != "dense", "auto stayed dense for a thin input")
     try:
         C.sparse_allreduce(C.SparseVector([0], [1.0], 4),
                            algorithm="dsar" if rank == last else "split_allgather")

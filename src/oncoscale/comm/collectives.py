@@ -31,6 +31,11 @@ same clear error on every rank. Under ``"auto"`` and ``"allgather"`` the header 
 each rank's whole message when it fits a capacity agreed from the group's recent calls
 (at most 128 KiB per rank, 1 MiB in all): when every rank's fits, that one exchange is the
 whole collective (small, latency-bound calls; ``last_algorithm`` then says ``"allgather"``).
+Repeated dense calls skip the header: when the group's recent calls with the same arguments
+repeat (one vector, or a cycle of DDP buckets) and the predicted call ran the engine's dense
+allreduce, the validity flags and nnz travel as a few extra entries of that one dense
+allreduce; bad input on any rank makes every rank redo the call through the header, which
+raises the same error as above (see ``_SteadyHistory``).
 All operations run on the world's communication thread, on a duplicate of the group's
 channel, in call order; ``async_op=True`` returns a :class:`~oncoscale.comm.Work` handle.
 """
@@ -396,6 +401,116 @@ def _dense(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
     return SparseVector(None, t.to(cur.dtype), cur.size, check=False)
 
 
+# Steady dense path. Every rank keeps the same history of the group's recent calls with the
+# same (algorithm, codec, op) arguments: (size, dtype) and (device, ran dense). When the
+# history repeats with some period L <= _STEADY_WINDOW / 2 (one vector: L = 1; a cycle of
+# DDP buckets: L = buckets; the period that explains the longest run of recent calls) and
+# the call L calls back ran the engine's dense allreduce, the
+# next call skips the header exchange and runs one dense allreduce of the vector plus a
+# trailer of _TRAILER entries, per rank (need the header path: 0/1, nnz // 4096,
+# nnz % 4096, 0). Trailer sums are integers far below 2**24, exact in float32 and identical
+# on every rank, so every rank takes the same next step: a rank whose input is bad or not
+# the predicted (size, dtype, device) makes every rank discard the sum and run the call
+# again through the header path (which raises the usual error, or agrees anew; a wasted
+# dense allreduce when the pattern of calls changes); under "auto" the summed nnz
+# re-decides whether that position of the cycle stays dense. Ranks that pass different
+# arguments keep different histories and time out instead of getting the header's "ranks
+# disagree" error.
+_TRAILER = 4
+_NNZ_SPLIT = 4096
+_STEADY_WINDOW = 64  # calls of history per (group, arguments)
+
+
+def _steady_key(g: Group, algorithm: str, c: ValueCodec, op: str) -> tuple:
+    return ("steady", g.ranks, algorithm, codec_id(c), op)
+
+
+def _steady_ok(vec: SparseVector, c: ValueCodec, p: int) -> bool:
+    """May a dense call on this (agreed-valid) input be repeated through the steady path?
+    float32/float64 sums only (exact trailer counts), values travel in their own dtype."""
+    acc = _acc_dtype(vec.dtype)
+    return not c.lossy and not isinstance(c, CastCodec) and \
+        acc in (torch.float32, torch.float64) and (vec.size // _NNZ_SPLIT + 1) * p < (1 << 23)
+
+
+class _SteadyHistory:
+    """The agreed recent calls of one (group, arguments): (size, dtype), (device, ran
+    dense), and for every period L the number of trailing calls that repeat the call L
+    back (updated per call, O(window))."""
+
+    def __init__(self) -> None:
+        self.desc: list[tuple[int, torch.dtype]] = []
+        self.info: list[tuple[torch.device, bool]] = []
+        self.runs = [0] * (_STEADY_WINDOW // 2 + 1)  # runs[L], L >= 1
+
+    def append(self, vec: SparseVector, dense: bool) -> None:
+        d = (vec.size, vec.dtype)
+        desc, runs, n = self.desc, self.runs, len(self.desc)
+        for period in range(1, len(runs)):
+            runs[period] = runs[period] + 1 if period <= n and desc[n - period] == d else 0
+        desc.append(d)
+        self.info.append((vec.device, dense))
+        if n + 1 > _STEADY_WINDOW:
+            del desc[0], self.info[0]
+
+    def predict(self) -> tuple[int, torch.dtype, torch.device] | None:
+        """(size, dtype, device) of the next call if it will run dense, else None: the call
+        one period back, for the period whose repetition explains the longest run of recent
+        calls (at least one whole period; ties to the shortest)."""
+        best, best_run = 0, 0
+        for period in range(1, len(self.runs)):
+            run = self.runs[period]
+            if run >= period and run > best_run:
+                best, best_run = period, run
+        if not best:
+            return None
+        device, dense = self.info[-best]
+        return (*self.desc[-best], device) if dense else None
+
+
+def _steady_record(g: Group, key: tuple, vec: SparseVector, dense: bool) -> None:
+    hist = g.world.cache.get(key)
+    if hist is None:
+        hist = g.world.cache[key] = _SteadyHistory()
+    hist.append(vec, dense)
+
+
+def _steady_dense(g: Group, vec: Any, c: ValueCodec, steady: tuple, key: tuple,
+                  algorithm: str) -> SparseVector | None:
+    """One dense allreduce with the validity trailer (see ``_TRAILER``); None when some
+    rank needs the header path (every rank then returns None)."""
+    size, dtype, device = steady
+    acc = _acc_dtype(dtype)
+    ok = isinstance(vec, SparseVector) and vec.size == size and vec.dtype == dtype and \
+        vec.device == device and not _local_flags(vec)
+    buf = torch.zeros(size + _TRAILER, dtype=acc, device=device)
+    nnz = 0
+    if ok:
+        vals = vec.values if vec.dtype == acc else vec.values.to(acc)
+        if vec.is_dense:
+            buf[:size].copy_(vals)
+        else:
+            buf[:size].scatter_(0, vec.indices, vals)
+        nnz = vec.nnz
+    trailer = (0 if ok else 1, nnz // _NNZ_SPLIT, nnz % _NNZ_SPLIT, 0)
+    if buf.device.type == "cpu":
+        buf[size:].numpy()[:] = trailer
+    else:
+        buf[size:].copy_(torch.tensor(trailer, dtype=acc))
+    _backend(g).allreduce(buf, "sum", g, channel=True)
+    need_header, hi, lo, _ = (int(x) for x in buf[size:].tolist())
+    if need_header:
+        return None
+    dense = True
+    if algorithm == "auto":  # this position stays dense only while the model says so
+        model = g.world.cache.get(("costmodel", g.ranks))
+        mean = (hi * _NNZ_SPLIT + lo) // g.size
+        dense = model is not None and \
+            _choose(model, g.size, [mean] * g.size, size, dtype, c) == "dense"
+    _steady_record(g, key, vec, dense)
+    return SparseVector(None, buf[:size], size, check=False)
+
+
 def _allgather_sum(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
                    rows: list[list[int]]) -> SparseVector:
     msg, decoded = _encode(cur, codec, _seed(seed, 0, g.rank), not codec.lossy)
@@ -699,6 +814,28 @@ def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | 
 
     def run() -> SparseVector:
         seed = _next_seed(g)
+        key = _steady_key(g, algorithm, c, op)
+        hist = g.world.cache.get(key) if g.size > 1 else None
+        steady = hist.predict() if hist is not None else None
+        result = _steady_dense(g, vec, c, steady, key, algorithm) if steady is not None \
+            else None
+        g.world.cache[("last_steady", g.ranks)] = result is not None
+        if result is not None:
+            g.world.cache[("last_algorithm", g.ranks)] = "dense"
+            g.world.cache[("last_eager", g.ranks)] = False
+            return _finish(result)
+        return _finish(header_path(seed, key))
+
+    def _finish(result: SparseVector) -> SparseVector:
+        if op == "avg":
+            result = result.scale(1.0 / g.size)
+        if result.dtype != vec.dtype:
+            result = result.to(vec.dtype)
+        if result.values is vec.values:  # never hand back the caller's own tensors
+            result = SparseVector(result.indices, vec.values.clone(), vec.size, check=False)
+        return result
+
+    def header_path(seed: int, key: tuple) -> SparseVector:
         acc = _acc_dtype(vec.dtype) if isinstance(vec, SparseVector) else torch.float32
         box: list[SparseVector] = []
 
@@ -731,14 +868,10 @@ def sparse_allreduce(vec: SparseVector, algorithm: str = "auto", group: Group | 
                                                                          vec.dtype, c)
             result = _dense(g, cur, c, seed, rows, prepared) if alg == "dense" else \
                 _IMPL[alg](g, cur, c, seed, rows)
+        if g.size > 1:
+            _steady_record(g, key, vec, alg == "dense" and _steady_ok(vec, c, g.size))
         g.world.cache[("last_algorithm", g.ranks)] = alg
         g.world.cache[("last_eager", g.ranks)] = parts is not None
-        if op == "avg":
-            result = result.scale(1.0 / g.size)
-        if result.dtype != vec.dtype:
-            result = result.to(vec.dtype)
-        if result.values is vec.values:  # never hand back the caller's own tensors
-            result = SparseVector(result.indices, vec.values.clone(), vec.size, check=False)
         return result
 
     return _launch(g, run, f"sparse_allreduce({algorithm})", async_op)
