@@ -122,6 +122,8 @@ def _collectives(args: argparse.Namespace) -> list[dict] | None:
                         row[f"{name}_choice"] = alg
                         row[f"{name}_eager"] = bool(world.cache.get(("last_eager",
                                                                      world.ranks)))
+                        row[f"{name}_steady"] = bool(world.cache.get(("last_steady",
+                                                                      world.ranks)))
                     if name != "auto_qsgd8":
                         a = {"ours_dense": "dense"}.get(name, alg if name == "auto" else name)
                         pred = model.predict(a, p, n, [k] * p, 4, index_bytes_for(n))
@@ -175,7 +177,8 @@ def _fmt_table(rows: list[dict]) -> str:
     for r in rows:
         ts = [r.get(f"t_{c}") for c in cols]
         cells = " ".join(f"{t * 1e3:9.2f}" if t is not None else f"{'-':>9}" for t in ts)
-        choice = r.get("auto_choice", "?") + ("*" if r.get("auto_eager") else "")
+        choice = r.get("auto_choice", "?") + ("*" if r.get("auto_eager") else "") + \
+            ("+" if r.get("auto_steady") else "")
         lines.append(
             f"{r['p']:>2} {r['n']:>9} {r['density'] * 100:6.2f}% {cells} "
             f"{choice:>18} {r['t_auto'] / r['t_dense_allreduce']:10.3f} "
@@ -183,7 +186,8 @@ def _fmt_table(rows: list[dict]) -> str:
             f"{r['bytes_auto'] / 1e6:8.3f} {r['bytes_model_auto'] / 1e6:8.3f} "
             f"{r['bytes_auto_qsgd8'] / 1e6:8.3f}")
     lines.append("auto-> *: the whole call was one header exchange carrying every rank's "
-                 "message (eager allgather)")
+                 "message (eager allgather); +: a repeated dense call, no header (the "
+                 "validity flags rode with the dense allreduce)")
     return "\n".join(lines)
 
 
