@@ -33,7 +33,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
     ap.add_argument("--densities", type=float, nargs="+", default=None,
                     help="fractions of non-zeros per rank (default 0.0001 0.001 0.01 0.1 0.5)")
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed rounds per cell at 10M entries; smaller vectors get "
+                         "proportionally more (8x at 1M), being shorter and noisier")
     ap.add_argument("--out", default="bench-out/comm.json")
     ap.add_argument("--link-rate", default=None, metavar="RATE",
                     help="shape the loopback to RATE (tc syntax, e.g. 1gbit) for the run: a "
