@@ -334,3 +334,27 @@ def test_mpi_backend_warns_when_mpi4py_was_initialised_first(mpi_first: bool) ->
     assert proc.returncode == 0, proc.stderr[-2000:]
     warned = "mpi4py was imported before oncoscale.comm.init()" in proc.stderr
     assert warned == mpi_first, proc.stderr[-2000:]
+
+
+def test_ranks_per_core_counts_the_busiest_node() -> None:
+    import numpy as np
+
+    from oncoscale.comm.costmodel import _MAX_CPUS, _placement_row, ranks_per_core
+
+    def row(host: int, cpus: list[int]) -> np.ndarray:
+        r = np.zeros(4 + _MAX_CPUS // 8, dtype=np.uint8)
+        r[:4] = np.frombuffer(host.to_bytes(4, "little"), dtype=np.uint8)
+        for c in cpus:
+            r[4 + c // 8] |= np.uint8(1 << (c % 8))
+        return r
+
+    # 8 unbound ranks on a 2-core node: 4 ranks per core
+    assert ranks_per_core([row(1, [0, 1])] * 8) == 4.0
+    # ranks bound one per core are not oversubscribed; the union of their sets is the node
+    assert ranks_per_core([row(1, [c]) for c in range(4)]) == 1.0
+    # two nodes: the busiest one counts (3 ranks on 2 cores), cpu ids past the first byte
+    assert ranks_per_core([row(1, [0, 1, 2, 3])] * 2 + [row(2, [9, 700])] * 3) == 1.5
+    # never below 1 (fewer ranks than cores)
+    assert ranks_per_core([row(7, list(range(64)))]) == 1.0
+    mine = _placement_row()
+    assert int(np.unpackbits(mine[4:]).sum()) == min(len(os.sched_getaffinity(0)), _MAX_CPUS)

@@ -116,3 +116,11 @@ def discover(env: Mapping[str, str] | None = None) -> LaunchInfo:
             f"launcher ({info.launcher}) gave rank {info.rank} of world size {info.size}; "
             "expected 0 <= rank < size")
     return info
+
+
+def usable_cores() -> set[int]:
+    """The CPUs this process may run on (its affinity set)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))

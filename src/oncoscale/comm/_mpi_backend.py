@@ -18,19 +18,11 @@ import numpy as np
 import torch
 
 from oncoscale.comm._backend import Backend, CommStats, Work
-from oncoscale.comm._launch import LaunchInfo
+from oncoscale.comm._launch import LaunchInfo, usable_cores
 from oncoscale.errors import CommunicationError, ConfigurationError
 
 if TYPE_CHECKING:  # pragma: no cover
     from oncoscale.comm.world import Group
-
-
-def _usable_cores() -> set[int]:
-    """The CPUs this process may run on."""
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return set(range(os.cpu_count() or 1))
 
 
 _NBC_ALGO = "OMPI_MCA_coll_libnbc_iallreduce_algorithm"
@@ -107,7 +99,7 @@ class MPIBackend(Backend):
         # (the node's cores: the union of its ranks' affinity sets, so ranks bound one to a
         # core are not taken for oversubscribed)
         node = world.Split_type(MPI.COMM_TYPE_SHARED)
-        cores = set().union(*node.allgather(_usable_cores()))
+        cores = set().union(*node.allgather(usable_cores()))
         self._yield = node.Get_size() > len(cores)
         node.Free()
         self._comms: list[Any] = [self._world, self._world_chan]

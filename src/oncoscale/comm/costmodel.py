@@ -3,12 +3,15 @@
 ``alpha`` is the latency of one point-to-point message (s), ``beta`` the time per byte
 (s/B); the engine's own dense allreduce and allgather get their own (alpha, beta) since
 their implementations differ from a chain of messages, and ``gamma_*`` price local work
-(merging sparse streams, touching dense entries). Fill-in is predicted as if the index
+(merging sparse streams, touching dense entries), scaled by the ranks per core of the
+group's busiest node (ranks that share cores compute at a fraction of the rate one rank
+measures alone; the exchanges and engine calls are timed with every rank active, so they
+carry the sharing already). Fill-in is predicted as if the index
 sets were independent and uniform: the sum of m vectors of density d has
 ``n * (1 - (1 - d)**m)`` non-zeros (SparCML, section 4).
 
 The calibration is collective over the group, takes well under a second, is agreed by all
-ranks (max over ranks) and cached in memory per world and on disk in
+ranks (median over ranks) and cached in memory per world and on disk in
 ``$ONCOSCALE_CACHE_DIR`` (default ``~/.cache/oncoscale``) as ``comm-costmodel.json``.
 """
 
@@ -21,13 +24,16 @@ import math
 import os
 import socket
 import time
+import zlib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from oncoscale._io import atomic_write_text
+from oncoscale.comm._launch import usable_cores
 from oncoscale.comm.indexcodec import packed_bytes, wire_prefers_dense
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,8 +43,9 @@ ALGORITHMS = ("recursive_doubling", "split_allgather", "dsar", "dense", "allgath
 AUTO_CANDIDATES = ("recursive_doubling", "split_allgather", "dsar", "dense", "allgather")
 HEADER_BYTES = 16
 # a sparse algorithm must be predicted this much faster than the engine's dense allreduce:
-# the model prices neither every copy nor ranks that share cores (at 4 ranks on 2 cores it
-# predicted DSAR at 1M x 10 % in 7 ms, which took 16 ms against dense's 9 ms)
+# the model does not price every copy (at 4 ranks on 2 cores, before the gammas were scaled
+# by ranks per core, it predicted DSAR at 1M x 10 % in 7 ms, which took 16 ms against
+# dense's 9 ms)
 DENSE_MARGIN = 0.6
 
 
@@ -178,9 +185,10 @@ def _cache_file() -> Path:
 
 
 def _key(group: Group) -> str:
-    # v3: gamma_scatter, the bucketed index format, beta_ar at 4 MB; older entries are
-    # measured anew (the prediction formulas may change freely: they read the constants)
-    return f"v3|{group.backend}|p={group.size}|{socket.gethostname()}"
+    # v4: gammas scaled by ranks per core; v3: gamma_scatter, the bucketed index format,
+    # beta_ar at 4 MB; older entries are measured anew (the prediction formulas may change
+    # freely: they read the constants)
+    return f"v4|{group.backend}|p={group.size}|{socket.gethostname()}"
 
 
 def _timeit(fn, repeats: int = 5) -> float:  # noqa: ANN001
@@ -191,6 +199,32 @@ def _timeit(fn, repeats: int = 5) -> float:  # noqa: ANN001
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+_MAX_CPUS = 1024  # CPU ids above this are not counted (a bitmap of 128 bytes per rank)
+
+
+def _placement_row() -> np.ndarray:
+    """This rank's node (crc32 of the host name, 4 bytes) and affinity bitmap (128 bytes)."""
+    row = np.zeros(4 + _MAX_CPUS // 8, dtype=np.uint8)
+    row[:4] = np.frombuffer(zlib.crc32(socket.gethostname().encode()).to_bytes(4, "little"),
+                            dtype=np.uint8)
+    for cpu in usable_cores():
+        if cpu < _MAX_CPUS:
+            row[4 + cpu // 8] |= np.uint8(1 << (cpu % 8))
+    return row
+
+
+def ranks_per_core(rows: list[np.ndarray]) -> float:
+    """Ranks per usable core on the busiest node (>= 1), from every rank's
+    :func:`_placement_row`: a node's cores are the union of its ranks' affinity sets."""
+    nodes: dict[bytes, tuple[int, np.ndarray]] = {}
+    for row in rows:
+        key = bytes(row[:4])
+        count, mask = nodes.get(key, (0, np.zeros_like(row[4:])))
+        nodes[key] = (count + 1, mask | row[4:])
+    return max(1.0, *(count / max(1, int(np.unpackbits(mask).sum()))
+                      for count, mask in nodes.values()))
 
 
 def _measure(group: Group) -> CostModel:
@@ -235,6 +269,12 @@ def _measure(group: Group) -> CostModel:
     dense_a, dense_b = torch.zeros(n), torch.ones(n)
     g_dense = _timeit(lambda: dense_a.add_(dense_b)) / n
     g_scatter = _timeit(lambda: dense_a.index_add_(0, ia, va)) / ia.numel()
+    # timed alone (the fastest run), but in a collective every rank computes at once: ranks
+    # that share cores get a share of one (8 ranks on 2 cores picked recursive doubling at
+    # 1M x 10 %, 3x slower than the dense allreduce)
+    place = backend.allgather(torch.from_numpy(_placement_row()), group, channel=True)
+    share = ranks_per_core([t.numpy() for t in place])
+    g_sparse, g_dense, g_scatter = g_sparse * share, g_dense * share, g_scatter * share
     # one message each way whose size the receiver knows: one latency
     alpha = max(t_small, 1e-7)
     beta = max((t_big - t_small) / big, 1e-12)
