@@ -297,6 +297,15 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
                     C.sparse_allreduce(full(n_st), alg)
                 check(steady() or alg == "auto", f"steady {alg}: 90k call before {words!r}")
                 expect_error(bad, InputError, words, alg)
+            # the cycle goes on (150k next): a non-blocking call on the steady path, and the
+            # mean (op is an argument: its own history)
+            res = C.sparse_allreduce(full(150_000, rank + 1.0), alg, async_op=True).wait()
+            check(bool((res.to_dense() == size * (size + 1) / 2).all()) and
+                  (steady() or alg == "auto"), f"steady {alg}: async call")
+            for i in range(3):
+                res = C.sparse_allreduce(full(90_000, 2.0 * rank), alg, op="avg")
+                check(bool(torch.allclose(res.to_dense(), torch.full((90_000,), size - 1.0)))
+                      and (steady() == (i == 2) or alg == "auto"), f"steady {alg}: avg call {i}")
         # "auto" after steady dense calls: a sparse input still sums right, and the next call
         # goes back to the header (and to a sparse algorithm)
         for _ in range(3):
