@@ -295,9 +295,9 @@ def ddp_comm_hook(compressor: Compressor | None = None, error_feedback: bool = T
     ``with hook.state.shared_parameters():``), see :class:`DDPCompressionState`. With
     ``LocalAdam`` and TopK 1 % this brings the GDC autoencoder's held-out MSE within 0.6 % of
     dense Adam at 2 ranks (3.8 % at 4), where plain error feedback stays 20-30 % above it
-    (``bench_comm_training``, 300 steps); with ``LocalAdam(noise_ratio=1/p)`` and
-    ``local_weight=0.5`` below dense at 2 and 4 ranks (simulated; see
-    :class:`DDPCompressionState`).
+    (``bench_comm_training``, 300 steps); with ``local_error=True``,
+    ``LocalAdam(noise_ratio=1/p)`` and ``local_weight=1/p``: -1.29 % / +0.48 % at 2 / 4
+    ranks (BENCHMARKS.md; see :class:`DDPCompressionState`).
     Call it on every rank (it may create the world's communication channel: collective).
     """
     if state is None:
