@@ -405,10 +405,10 @@ def _dense(g: Group, cur: SparseVector, codec: ValueCodec, seed: int,
 # same (algorithm, codec, op) arguments: (size, dtype) and (device, ran dense). When the
 # history repeats with some period L <= _STEADY_WINDOW / 2 (one vector: L = 1; a cycle of
 # DDP buckets: L = buckets; the period that explains the longest run of recent calls) and
-# the call L calls back ran the engine's dense allreduce, the
-# next call skips the header exchange and runs one dense allreduce of the vector plus a
-# trailer of _TRAILER entries, per rank (need the header path: 0/1, nnz // 4096,
-# nnz % 4096, 0). Trailer sums are integers far below 2**24, exact in float32 and identical
+# the call L calls back ran the engine's dense allreduce, the next call skips the header
+# exchange and runs one dense allreduce of the vector plus a trailer of _TRAILER entries,
+# per rank (need the header path: 0/1, nnz // 4096, nnz % 4096, 0). Trailer sums are
+# integers below 2**24 (checked by _steady_ok), exact in float32 and identical
 # on every rank, so every rank takes the same next step: a rank whose input is bad or not
 # the predicted (size, dtype, device) makes every rank discard the sum and run the call
 # again through the header path (which raises the usual error, or agrees anew; a wasted
@@ -430,7 +430,8 @@ def _steady_ok(vec: SparseVector, c: ValueCodec, p: int) -> bool:
     float32/float64 sums only (exact trailer counts), values travel in their own dtype."""
     acc = _acc_dtype(vec.dtype)
     return not c.lossy and not isinstance(c, CastCodec) and \
-        acc in (torch.float32, torch.float64) and (vec.size // _NNZ_SPLIT + 1) * p < (1 << 23)
+        acc in (torch.float32, torch.float64) and p * _NNZ_SPLIT < (1 << 24) and \
+        (vec.size // _NNZ_SPLIT + 1) * p < (1 << 24)
 
 
 class _SteadyHistory:
