@@ -76,6 +76,15 @@ def test_ddp_hook_matches_plain_ddp(job_env: dict[str, str]) -> None:
     assert topk <= plain * 1.05 + 1e-3, (topk, plain)  # TopK 1 % + error feedback
     assert r["loss_initial"] > 3 * plain
     assert r["topk_sent_fraction"] < 0.02
+    # a model in several DDP buckets: (hook calls, messages) per step; the first steps agree
+    # through the header (more messages than calls), the last ones send one message a call
+    traffic = r["wide_traffic"]
+    # (DDP runs its first step in one bucket, then rebuilds them in gradient order)
+    assert all(calls >= 2 for calls, _ in traffic[1:]), traffic
+    assert traffic[1][1] > traffic[1][0], traffic
+    assert all(msgs == calls for calls, msgs in traffic[-3:]), traffic
+    for a, b in zip(r["wide_hook"], r["wide_plain"], strict=True):
+        assert abs(a - b) <= 1e-5 * max(1.0, b), (r["wide_hook"], r["wide_plain"])
 
 
 def _free_port() -> int:
@@ -451,12 +460,45 @@ def _ddp() -> None:
 
     initial, plain = train(None)
     _, ours = train(C.ddp_comm_hook(compressor=None))
+    # several buckets (a cycle of sizes): once the cycle has repeated, every bucket's call is
+    # one message (the dense allreduce with its trailer, or the eager exchange of a small
+    # bucket) instead of a header exchange and then the collective, and the model still
+    # trains exactly as plain DDP does
+    def wide(hook: object | None) -> tuple[list[float], list[tuple[int, int]]]:
+        torch.manual_seed(2)
+        net = torch.nn.Sequential(torch.nn.Linear(20, 512), torch.nn.Tanh(),
+                                  torch.nn.Linear(512, 64), torch.nn.Tanh(),
+                                  torch.nn.Linear(64, 1))
+        model = DistributedDataParallel(net, bucket_cap_mb=0.02)
+        calls = [0]
+        if hook is not None:
+            def counted(state, bucket):  # noqa: ANN001,ANN202 - DDP inspects annotations
+                calls[0] += 1
+                return hook(state, bucket)
+
+            model.register_comm_hook(hook.state, counted)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        losses, traffic = [], []
+        for _ in range(6):
+            opt.zero_grad()
+            world.stats.reset()
+            calls[0] = 0
+            loss = torch.nn.functional.mse_loss(model(X[shard]), y[shard])
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            traffic.append((calls[0], world.stats.reset().messages))
+        return losses, traffic
+
+    wide_plain, _ = wide(None)
+    wide_hook, wide_traffic = wide(C.ddp_comm_hook(compressor=None))
     topk_hook = C.ddp_comm_hook(compressor=C.TopK(0.01), error_feedback=True)
     _, topk = train(topk_hook)
     st = topk_hook.state
     info = {"rank": rank, "failures": [], "loss_initial": initial, "loss_plain": plain,
             "loss_hook_dense": ours, "loss_topk_ef": topk,
-            "topk_sent_fraction": st.sent_entries / max(1, st.dense_entries)}
+            "topk_sent_fraction": st.sent_entries / max(1, st.dense_entries),
+            "wide_plain": wide_plain, "wide_hook": wide_hook, "wide_traffic": wide_traffic}
     _emit(rank, info)
     dist.barrier()
     world.shutdown()
