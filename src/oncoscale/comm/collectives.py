@@ -443,12 +443,20 @@ class _SteadyHistory:
         self.desc: list[tuple[int, torch.dtype]] = []
         self.info: list[tuple[torch.device, bool]] = []
         self.runs = [0] * (_STEADY_WINDOW // 2 + 1)  # runs[L], L >= 1
+        self.period = 0  # the best period after the latest call (0: none)
 
     def append(self, vec: SparseVector, dense: bool) -> None:
+        """Record a call; the best period is the one whose repetition explains the longest
+        run of recent calls (at least one whole period; ties to the shortest)."""
         d = (vec.size, vec.dtype)
         desc, runs, n = self.desc, self.runs, len(self.desc)
+        best, best_run = 0, 0
         for period in range(1, len(runs)):
-            runs[period] = runs[period] + 1 if period <= n and desc[n - period] == d else 0
+            run = runs[period] = runs[period] + 1 if period <= n and desc[n - period] == d \
+                else 0
+            if run >= period and run > best_run:
+                best, best_run = period, run
+        self.period = best
         desc.append(d)
         self.info.append((vec.device, dense))
         if n + 1 > _STEADY_WINDOW:
@@ -456,13 +464,8 @@ class _SteadyHistory:
 
     def predict(self) -> tuple[int, torch.dtype, torch.device] | None:
         """(size, dtype, device) of the next call if it will run dense, else None: the call
-        one period back, for the period whose repetition explains the longest run of recent
-        calls (at least one whole period; ties to the shortest)."""
-        best, best_run = 0, 0
-        for period in range(1, len(self.runs)):
-            run = self.runs[period]
-            if run >= period and run > best_run:
-                best, best_run = period, run
+        one best period back."""
+        best = self.period
         if not best:
             return None
         device, dense = self.info[-best]
