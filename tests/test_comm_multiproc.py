@@ -145,6 +145,10 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
 
     world = C.init(backend, timeout=60)
     rank, size = world.rank, world.size
+    # where the input vectors live: "cpu" by default; scripts/device_check.sh runs the battery
+    # with "cuda" (one rank on the torch backend - NCCL wants a GPU per rank - or several
+    # ranks on the MPI backend, which stages CUDA tensors through the host)
+    dev = torch.device(os.environ.get("ONCOSCALE_TEST_DEVICE", "cpu"))
     failures: list[str] = []
     checks = 0
     sizes_done: list[int] = []
@@ -164,12 +168,12 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
         k = int(round(d * n))
         idx = torch.randperm(n, generator=gen)[:k].sort().values
         vals = torch.randn(k, generator=gen, dtype=torch.float64).to(dtype)
-        return C.SparseVector(idx, vals, n)
+        return C.SparseVector(idx.to(dev), vals.to(dev), n)
 
     def run_case(g: C.Group, n: int, density: float, seed: int, dtype: torch.dtype,
                  codecs: tuple) -> None:
         vec = make(n, density, seed, dtype, g.rank)
-        ref = vec.to_dense().to(torch.float64).clone()
+        ref = vec.to_dense().to("cpu", torch.float64).clone()
         g.allreduce(ref)
         for alg in algos:
             for codec in codecs:
@@ -181,7 +185,8 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
                 except Exception as exc:  # noqa: BLE001
                     check(False, f"{tag}: raised {exc!r}")
                     return
-                dense = out.to_dense().to(torch.float64)
+                check(out.values.device == dev, f"{tag}: result on {out.values.device}")
+                dense = out.to_dense().to("cpu", torch.float64)
                 scale = float(ref.abs().max()) if n else 1.0
                 tol = {None: 1e-5 if dtype != torch.float16 and dtype != torch.bfloat16
                        else 2e-2, "fp16": 2e-2, "bf16": 4e-2, "qsgd8": 0.08}[codec]
@@ -242,22 +247,26 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
             check(False, f"bad input ({words}) raised {exc!r}")
 
     last = size - 1
-    expect_error(C.SparseVector([0], [1.0], 10 + (rank == last)), InputError, "sizes differ")
+    if size > 1:
+        expect_error(C.SparseVector([0], [1.0], 10 + (rank == last)), InputError,
+                     "sizes differ")
     bad_idx = C.SparseVector(torch.tensor([3, 12 if rank == last else 4]),
                              torch.ones(2), 10, check=False)
     expect_error(bad_idx, InputError, "out of range")
     nan = C.SparseVector([1], [float("nan") if rank == last else 1.0], 10)
     expect_error(nan, InputError, "NaN")
-    mixed = C.SparseVector([1], torch.ones(1, dtype=torch.float64 if rank == last
-                                            else torch.float32), 10)
-    expect_error(mixed, InputError, "dtypes differ")
+    if size > 1:
+        mixed = C.SparseVector([1], torch.ones(1, dtype=torch.float64 if rank == last
+                                                else torch.float32), 10)
+        expect_error(mixed, InputError, "dtypes differ")
     # the same errors when the header carries no message (explicit algorithm, big vector)
     big_nan = C.SparseVector(None, torch.full((50_000,), float("nan") if rank == last
                                               else 1.0), 50_000)
     expect_error(big_nan, InputError, "NaN", "recursive_doubling")
     expect_error(bad_idx, InputError, "out of range", "dsar")
-    expect_error(C.SparseVector([0], [1.0], 10 + (rank == last)), InputError, "sizes differ",
-                 "split_allgather")
+    if size > 1:
+        expect_error(C.SparseVector([0], [1.0], 10 + (rank == last)), InputError,
+                     "sizes differ", "split_allgather")
     # small inputs under auto: one header exchange carries every message (eager), a large
     # one next does not, and both give the dense sum
     for n_eager, want in ((1000, True), (400_000, False), (1000, True)):
@@ -282,15 +291,15 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
 
         def full(n: int, value: float = 1.0, dtype: torch.dtype = torch.float32
                  ) -> C.SparseVector:
-            return C.SparseVector(None, torch.full((n,), value, dtype=dtype), n)
+            return C.SparseVector(None, torch.full((n,), value, dtype=dtype, device=dev), n)
 
         for alg in ("dense", "auto"):
             seen = []
             for i in range(8):  # a cycle of two sizes
                 n_st = (150_000, 90_000)[i % 2]
                 res = C.sparse_allreduce(full(n_st, rank + 1.0), alg)
-                check(bool((res.to_dense() == size * (size + 1) / 2).all()) and res.size == n_st,
-                      f"steady {alg} call {i}: wrong sum")
+                check(bool((res.to_dense() == size * (size + 1) / 2).all()) and res.size == n_st
+                      and res.values.device == dev, f"steady {alg} call {i}: wrong sum")
                 seen.append(steady() and C.last_algorithm(world) == "dense")
             want = [False] * 4 + [True] * 4  # two periods of history, then steady
             if alg == "dense" or C.last_algorithm(world) == "dense":
@@ -299,8 +308,9 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
                                (full(150_000 + (rank == last)), "sizes differ"),
                                (full(150_000, dtype=torch.float64 if rank == last
                                      else torch.float32), "dtypes differ"),
-                               (C.SparseVector(torch.tensor([3, 150_000 if rank == last else 4]),
-                                               torch.ones(2), 150_000, check=False),
+                               (C.SparseVector(torch.tensor([3, 150_000 if rank == last else 4],
+                                                            device=dev),
+                                               torch.ones(2, device=dev), 150_000, check=False),
                                 "out of range")):
                 for n_st in (150_000, 90_000):  # after these a 150k call is predicted dense
                     C.sparse_allreduce(full(n_st), alg)
@@ -313,25 +323,26 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
                   (steady() or alg == "auto"), f"steady {alg}: async call")
             for i in range(3):
                 res = C.sparse_allreduce(full(90_000, 2.0 * rank), alg, op="avg")
-                check(bool(torch.allclose(res.to_dense(), torch.full((90_000,), size - 1.0)))
+                check(bool(torch.allclose(res.to_dense().cpu(), torch.full((90_000,), size - 1.0)))
                       and (steady() == (i == 2) or alg == "auto"), f"steady {alg}: avg call {i}")
         # "auto" after steady dense calls: a sparse input still sums right, and the next call
         # goes back to the header (and to a sparse algorithm)
         for _ in range(3):
             C.sparse_allreduce(full(150_000))
         if C.last_algorithm(world) == "dense":
-            thin = C.SparseVector(torch.tensor([rank, 100 + rank]), torch.ones(2), 150_000)
+            thin = C.SparseVector(torch.tensor([rank, 100 + rank], device=dev),
+                                  torch.ones(2, device=dev), 150_000)
             for i in range(2):
                 res = C.sparse_allreduce(thin)
-                ref = thin.to_dense().clone()
+                ref = thin.to_dense().cpu()
                 world.allreduce(ref)
-                check(bool(torch.equal(res.to_dense(), ref)), f"thin call {i} after steady")
+                check(bool(torch.equal(res.to_dense().cpu(), ref)), f"thin call {i} after steady")
                 check(steady() == (i == 0), f"thin call {i}: steady path {steady()}")
             check(C.last_algorithm(world) != "dense", "auto stayed dense for a thin input")
-    try:
+    try:  # (one rank alone cannot disagree)
         C.sparse_allreduce(C.SparseVector([0], [1.0], 4),
                            algorithm="dsar" if rank == last else "split_allgather")
-        check(False, "mismatched algorithm did not raise")
+        check(size == 1, "mismatched algorithm did not raise")
     except ConfigurationError as exc:
         check("algorithm" in str(exc), f"algorithm mismatch message: {exc}")
     ok = C.sparse_allreduce(C.SparseVector([rank % 4], [1.0], 4))
