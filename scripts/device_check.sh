@@ -71,10 +71,10 @@ if [ -n "$MPIEXEC" ]; then
   done
 fi
 if [ "$BENCH" = 1 ]; then
-step bench_gloo 170 "$PY" benchmarks/bench_comm.py --world-sizes 2 4 \
+step bench_gloo 230 "$PY" benchmarks/bench_comm.py --world-sizes 2 4 \
   --sizes 1000000 10000000 --out "$OUT/comm-gloo.json"
 if [ -n "$MPIEXEC" ]; then
-  step bench_mpi 120 "$PY" benchmarks/bench_comm.py --backend mpi --world-sizes 2 4 \
+  step bench_mpi 150 "$PY" benchmarks/bench_comm.py --backend mpi --world-sizes 2 4 \
     --sizes 1000000 10000000 --out "$OUT/comm-mpi.json"
 fi
 fi
