@@ -57,6 +57,15 @@ def test_torch_battery_world_sizes_1_to_8(job_env: dict[str, str]) -> None:
 
 
 @pytest.mark.multiproc
+def test_torch_battery_on_the_device_code_paths(job_env: dict[str, str]) -> None:
+    """The paths CUDA tensors take (torch ops instead of numpy, no eager header messages),
+    run on CPU tensors: 3 ranks, so groups of 1, 2 (power of two) and 3 (the fold)."""
+    rows = _run(_torchrun(3, "battery-torch"), dict(job_env, ONCOSCALE_TEST_TORCH_PATHS="1"), 3)
+    assert sum(r["checks"] for r in rows) > 200
+    assert all(r["torch_paths"] for r in rows)
+
+
+@pytest.mark.multiproc
 @pytest.mark.skipif(shutil.which("mpiexec", path=str(VENV_BIN)) is None, reason="no mpiexec")
 def test_mpi_battery_and_torch_under_mpiexec(job_env: dict[str, str]) -> None:
     cmd = [str(VENV_BIN / "mpiexec"), "--oversubscribe", "-n", "4", sys.executable, str(HERE),
@@ -149,6 +158,12 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
     # with "cuda" (one rank on the torch backend - NCCL wants a GPU per rank - or several
     # ranks on the MPI backend, which stages CUDA tensors through the host)
     dev = torch.device(os.environ.get("ONCOSCALE_TEST_DEVICE", "cpu"))
+    # host tensors down the torch-op paths that CUDA tensors take (no numpy fast paths, no
+    # eager messages in the header): the CPU suite's check of the device code
+    torch_paths = os.environ.get("ONCOSCALE_TEST_TORCH_PATHS") == "1"
+    if torch_paths:
+        from oncoscale.comm import _hostpath
+        _hostpath.TORCH_OPS_ONLY = True
     failures: list[str] = []
     checks = 0
     sizes_done: list[int] = []
@@ -281,6 +296,7 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
         check(bool(torch.allclose(res.to_dense(), ref)), f"eager sequence n={n_eager}")
         if size > 1:
             eager = bool(world.cache.get(("last_eager", world.ranks)))
+            want = want and not torch_paths
             check(eager == want, f"eager path for n={n_eager}: {eager}, expected {want}")
     # steady dense path: a repeated dense call skips the header (one allreduce with a
     # validity trailer), a cycle of sizes (DDP buckets) too; bad input still raises the
@@ -398,7 +414,7 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
         check(world.stats.bytes_sent > 0, "byte counters")
 
     info: dict = {"rank": rank, "checks": checks, "failures": failures, "sizes": sizes_done,
-                  "backend": world.backend}
+                  "backend": world.backend, "torch_paths": torch_paths}
 
     if backend == "mpi":
         # torch backend under mpiexec: rank 0 opens the store and broadcasts host:port over MPI

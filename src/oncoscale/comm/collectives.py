@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from oncoscale.comm._backend import DoneWork, Work, check_op
+from oncoscale.comm._hostpath import numpy_path
 from oncoscale.comm.costmodel import ALGORITHMS, AUTO_CANDIDATES, CostModel, calibrated
 from oncoscale.comm.indexcodec import (
     decode_indices,
@@ -143,7 +144,7 @@ def _encode(vec: SparseVector, codec: ValueCodec, seed: int, want_decoded: bool 
         idx = vec.indices
         body = codec.encode(vals, seed)
         ib = encode_indices(idx, m)
-        if dev.type == "cpu":  # one buffer, filled in place
+        if numpy_path(vals):  # one buffer, filled in place
             raw = np.empty(_HEADER + ib.numel() + body.numel(), dtype=np.uint8)
             raw[:_HEADER].view(np.int64)[:] = (0, vec.nnz)
             raw[_HEADER:_HEADER + ib.numel()] = ib.numpy()
@@ -177,7 +178,7 @@ def _sum_eager(parts: list[torch.Tensor], mine: SparseVector, rank: int, m: int,
                codec: ValueCodec, dtype: torch.dtype) -> SparseVector:
     """Sum of the messages of an eager call (``mine``: this rank's, decoded). Sparse float32 /
     float64 CPU messages are read in place with numpy and summed in one pass."""
-    fast = mine.device.type == "cpu" and not mine.is_dense and dtype in (
+    fast = numpy_path(mine.values) and not mine.is_dense and dtype in (
         torch.float32, torch.float64) and type(codec) is ValueCodec and codec.dtype is None
     heads = [x[:_HEADER].numpy().view(np.int64) for x in parts] if fast else []
     if not fast or any(int(h[0]) != 0 for h in heads):
@@ -497,7 +498,7 @@ def _steady_dense(g: Group, vec: Any, c: ValueCodec, steady: tuple, key: tuple,
             buf[:size].scatter_(0, vec.indices, vals)
         nnz = vec.nnz
     trailer = (0 if ok else 1, nnz // _NNZ_SPLIT, nnz % _NNZ_SPLIT, 0)
-    if buf.device.type == "cpu":
+    if numpy_path(buf):
         buf[size:].numpy()[:] = trailer
     else:
         buf[size:].copy_(torch.tensor(trailer, dtype=acc))
@@ -543,7 +544,7 @@ def _finite(v: torch.Tensor) -> bool:
     """All values finite? One pass whose result is NaN/inf if any value is (NaN/inf
     propagate); exact check only if it is not finite (which may also be an overflow of
     finite values)."""
-    if v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64) and \
+    if numpy_path(v) and v.dtype in (torch.float32, torch.float64) and \
             not v.requires_grad:
         a = v.numpy()
         with np.errstate(over="ignore", invalid="ignore"):  # overflow: checked exactly below
@@ -600,7 +601,7 @@ def _range_counts(vec: SparseVector, p: int) -> list[int]:
         return [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
     if vec.values.numel() != vec.indices.numel():
         return [0] * p
-    if vec.indices.device.type == "cpu":
+    if numpy_path(vec.indices):
         cuts = np.searchsorted(vec.indices.numpy(), bounds).tolist()
     else:
         cuts = torch.searchsorted(vec.indices, torch.tensor(bounds, device=vec.device)).tolist()
@@ -678,7 +679,7 @@ def _agree(g: Group, vec: SparseVector, what: str, algorithm: str, op: str,
     need = payload_bytes() if payload is not None and payload_bytes is not None and not flags \
         else 0
     msg = mine = None
-    if payload is not None and not flags and need <= cap and vec.device.type == "cpu":
+    if payload is not None and not flags and need <= cap and numpy_path(vec.values):
         msg, mine = payload()
         need = int(msg.numel())
     included = int(msg is not None and need <= cap)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from oncoscale.comm._hostpath import numpy_path
 from oncoscale.comm.sparse import index_bytes_for, index_dtype_for
 
 BUCKET = 255
@@ -74,7 +75,7 @@ def pack_indices(idx: torch.Tensor, n: int) -> torch.Tensor:
     """Sorted unique int64 indices of an ``n``-vector -> the bucketed format, always
     (``packed_bytes(len(idx), n)`` uint8: per-bucket counts, then offsets)."""
     nb = -(-n // BUCKET)
-    if idx.device.type != "cpu":
+    if not numpy_path(idx):
         return _pack_torch(idx, nb)
     x = idx.numpy()
     starts = np.arange(0, (nb + 1) * BUCKET, BUCKET, dtype=np.int64)
@@ -88,7 +89,7 @@ def pack_indices(idx: torch.Tensor, n: int) -> torch.Tensor:
 def unpack_indices(buf: torch.Tensor, nnz: int, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_indices` (``buf`` may be longer: only its head is read)."""
     nb = -(-n // BUCKET)
-    if buf.device.type != "cpu":
+    if not numpy_path(buf):
         return _unpack_torch(buf, nnz, nb)
     b = buf.numpy()
     bases = np.repeat(np.arange(0, nb * BUCKET, BUCKET, dtype=np.int64),

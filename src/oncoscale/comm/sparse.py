@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from oncoscale.comm._hostpath import numpy_path
 from oncoscale.errors import InputError
 
 INT32_MAX = 2**31 - 1
@@ -263,7 +264,8 @@ def merge(vectors: Sequence[SparseVector], *, value_bytes: float | None = None) 
     if len(nonempty) == 1:
         v = nonempty[0]
         return SparseVector(v.indices, v.values.to(dtype), size, check=False)
-    if device.type == "cpu" and dtype in _NUMPY_DTYPES and total <= _NUMPY_MERGE_MAX:
+    if numpy_path(vectors[0].values) and dtype in _NUMPY_DTYPES and \
+            total <= _NUMPY_MERGE_MAX:
         return _merge_numpy(nonempty, size, dtype).compact(vb)
     # each stream is sorted: a stable (radix) sort of the narrow indices joins the runs, equal
     # indices stay in stream order, so the sum is the same on every rank
