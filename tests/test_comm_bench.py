@@ -24,4 +24,7 @@ def test_job_result_is_written_by_rank_zero_only(tmp_path: Path, backend: str) -
     assert [(r["p"], r["density"]) for r in rows] == [(4, d) for d in dens]
     assert all(r["err_auto"] < 1e-5 and r["t_dense_allreduce"] > 0 for r in rows)
     assert ("t_gloo_sparse_coo" in rows[0]) == (backend == "torch")
+    for r in rows:  # quartiles of the round-by-round ratio bracket a positive median
+        q1, q2, q3 = r["auto_over_best_paired"]
+        assert 0 < q1 <= q2 <= q3
     assert json.loads(out.read_text())["backend"] == backend
