@@ -348,13 +348,19 @@ def _battery(backend: str) -> None:  # noqa: C901 - one launch runs many checks 
         if C.last_algorithm(world) == "dense":
             thin = C.SparseVector(torch.tensor([rank, 100 + rank], device=dev),
                                   torch.ones(2, device=dev), 150_000)
+            # what the calibrated model picks for 2 entries per rank: a sparse algorithm
+            # almost always, but dense where latency is high next to 600 KB of bandwidth (seen
+            # now and then with 3 ranks on 2 cores, where no message rides in the header)
+            stays = C.choose_algorithm(world, [2] * size, 150_000) == "dense"
             for i in range(2):
                 res = C.sparse_allreduce(thin)
                 ref = thin.to_dense().cpu()
                 world.allreduce(ref)
                 check(bool(torch.equal(res.to_dense().cpu(), ref)), f"thin call {i} after steady")
-                check(steady() == (i == 0), f"thin call {i}: steady path {steady()}")
-            check(C.last_algorithm(world) != "dense", "auto stayed dense for a thin input")
+                check(steady() == (i == 0 or stays), f"thin call {i}: steady path {steady()}")
+            check((C.last_algorithm(world) == "dense") == stays,
+                  f"thin input: auto ran {C.last_algorithm(world)}, the model picks "
+                  f"{'dense' if stays else 'a sparse algorithm'}")
     try:  # (one rank alone cannot disagree)
         C.sparse_allreduce(C.SparseVector([0], [1.0], 4),
                            algorithm="dsar" if rank == last else "split_allgather")
