@@ -245,19 +245,21 @@ def run_benchmark(*, quick: bool = False, world_sizes: tuple[int, ...] = (2, 4),
     return result
 
 
+def _cell(r: dict) -> str:
+    return f"p{r['p']} n{r['n']} d{r['density']}"
+
+
 def _goals(rows: list[dict]) -> dict:
     """The issue's goals as ratios from one run, each with pass/fail."""
     out: dict[str, Any] = {}
-    g1 = {f"p{r['p']} n{r['n']} d{r['density']}": r["t_auto"] / _best_base(r) for r in rows}
+    g1 = {_cell(r): r["t_auto"] / _best_base(r) for r in rows}
     worst = max(g1.values()) if g1 else float("nan")
-    paired = {f"p{r['p']} n{r['n']} d{r['density']}": r.get("auto_over_best_paired")
-              for r in rows}
     out["1_auto_over_best_of_dense_and_coo"] = {
         "goal": "<= 1.1 at every density", "max": worst, "pass": bool(worst <= 1.1),
         "failing_cells": {k: round(v, 3) for k, v in g1.items() if v > 1.1},
-        "failing_cells_paired_quartiles": {k: [round(x, 3) for x in paired[k]]
-                                           for k, v in g1.items()
-                                           if v > 1.1 and paired.get(k)}}
+        "failing_cells_paired_quartiles": {
+            _cell(r): [round(x, 3) for x in r["auto_over_best_paired"]] for r in rows
+            if g1[_cell(r)] > 1.1 and r.get("auto_over_best_paired")}}
     g2 = {f"p{r['p']} n{r['n']}": r["t_dense_allreduce"] / r["t_auto"] for r in rows
           if r["density"] == 0.001}
     out["2_dense_over_auto_at_0.1pct"] = {
@@ -266,13 +268,11 @@ def _goals(rows: list[dict]) -> dict:
         "pass_at_10M": [v >= 10 for k, v in g2.items() if "n10000000" in k] or None}
     heavy = [r for r in rows if r["density"] >= 0.1 and r["n"] >= 10_000_000] or \
         [r for r in rows if r["density"] >= 0.1]
-    g3 = {f"p{r['p']} n{r['n']} d{r['density']}": r["t_auto"] / r["t_auto_qsgd8"]
-          for r in heavy}
+    g3 = {_cell(r): r["t_auto"] / r["t_auto_qsgd8"] for r in heavy}
     out["3_qsgd8_speedup_over_fp32_auto_bandwidth_cells"] = {
         "goal": ">= 2 (halves the time)", "cells": "n=10M (or largest), density >= 10%",
         "values": {k: round(v, 2) for k, v in g3.items()},
-        "bytes_fp32_over_q8": {f"p{r['p']} n{r['n']} d{r['density']}":
-                               round(r["bytes_auto"] / max(1, r["bytes_auto_qsgd8"]), 2)
+        "bytes_fp32_over_q8": {_cell(r): round(r["bytes_auto"] / max(1, r["bytes_auto_qsgd8"]), 2)
                                for r in heavy},
         "pass": bool(g3) and all(v >= 2 for v in g3.values()),
         "faster_at_all": bool(g3) and all(v > 1 for v in g3.values())}
